@@ -1,0 +1,203 @@
+"""The objects a model call is made of: request, usage, response, the call context that
+every call hook receives, and the recovery answer of ``on_failure``.
+
+Token conventions (OpenAI's, and what genai-prices expects): ``input_tokens`` counts the
+whole prompt *including* cache reads and cache writes; ``output_tokens`` counts the whole
+completion *including* reasoning tokens.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
+
+if TYPE_CHECKING:
+    from synthhost.host import Host
+
+T = TypeVar("T")
+
+
+def new_id() -> str:
+    """A 32-hex id: usable as an OpenTelemetry trace id and as a span id prefix."""
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class Request:
+    """What will be sent to the provider. ``pre_call`` plugins may change any field;
+    the provider receives the request as it stands after the last ``pre_call``."""
+
+    model: str
+    provider: str = "echo"
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    region: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt(self) -> str:
+        """The user-visible prompt: the text of every message, joined by newlines."""
+        parts: list[str] = []
+        for message in self.messages:
+            content = message.get("content")
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        return "\n".join(parts)
+
+    @property
+    def last_user_prompt(self) -> str:
+        for message in reversed(self.messages):
+            if message.get("role") == "user" and isinstance(message.get("content"), str):
+                return cast(str, message["content"])
+        return self.prompt
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "provider": self.provider,
+            "messages": self.messages,
+            "params": self.params,
+            "region": self.region,
+            "metadata": self.metadata,
+        }
+
+
+@dataclass(slots=True, frozen=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+        }
+
+
+@dataclass(slots=True)
+class Response:
+    text: str
+    model: str
+    provider: str
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str = "stop"
+    latency_s: float = 0.0
+    raw: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "model": self.model,
+            "provider": self.provider,
+            "usage": self.usage.to_dict(),
+            "finish_reason": self.finish_reason,
+            "latency_s": self.latency_s,
+        }
+
+
+class StashKey(Generic[T]):
+    """A typed key for :class:`Stash` (pytest's ``StashKey``). Create one per module:
+    ``ESTIMATE = StashKey[Decimal]()``."""
+
+    __slots__ = ()
+
+
+class Stash:
+    """Typed per-call scratch space: how ``pre_call`` passes data to ``post_call`` of the
+    same plugin without module globals."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self) -> None:
+        self._data: dict[StashKey[Any], Any] = {}
+
+    def __setitem__(self, key: StashKey[T], value: T) -> None:
+        self._data[key] = value
+
+    def __getitem__(self, key: StashKey[T]) -> T:
+        return cast(T, self._data[key])
+
+    def get(self, key: StashKey[T], default: T | None = None) -> T | None:
+        return cast("T | None", self._data.get(key, default))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+
+@dataclass(slots=True)
+class Call:
+    """The context of one model call, passed to ``pre_call``, ``post_call`` and
+    ``on_failure``. One ``Call`` spans every attempt of the call; ``attempt`` counts
+    from 1.
+
+    ``attributes`` are recorded on the call's span (``cost_usd``, ``policy.warnings``...);
+    plugins add to it, never remove what another plugin wrote.
+    """
+
+    host: Host
+    request: Request
+    workspace: str = "default"
+    user: str | None = None
+    org: str | None = None
+    agent: str | None = None
+    step: str | None = None
+    run_id: str | None = None
+    trace_id: str = field(default_factory=new_id)
+    span_id: str = field(default_factory=new_id)
+    parent_span_id: str | None = None
+    attempt: int = 1
+    max_attempts: int = 3
+    retry_initial_delay_s: float = 1.0
+    retry_max_delay_s: float = 30.0
+    tried_routes: list[tuple[str, str]] = field(default_factory=list)
+    attributes: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    stash: Stash = field(default_factory=Stash)
+    started_at: float = field(default_factory=time.time)
+    requested_model: str = ""
+    requested_provider: str = ""
+
+    def __post_init__(self) -> None:
+        self.requested_model = self.requested_model or self.request.model
+        self.requested_provider = self.requested_provider or self.request.provider
+
+    def emit(self, event_type: str, *, status: str = "success", **context: Any) -> None:
+        """Record an event for this call (tenant, run, trace and span ids filled in).
+        Queued, never blocks."""
+        self.host.emit(event_type, call=self, status=status, **context)
+
+    def tenant(self) -> Mapping[str, str | None]:
+        return {"workspace": self.workspace, "user": self.user, "org": self.org}
+
+
+RecoveryAction = Literal["retry", "reroute", "give_up"]
+
+
+@dataclass(slots=True, frozen=True)
+class Recovery:
+    """What ``on_failure`` answers. ``retry`` tries the same request again after
+    ``delay`` seconds; ``reroute`` applies ``changes`` (request fields such as ``model``,
+    ``provider``, ``region``) and tries again; ``give_up`` stops with the error.
+    ``response``, when given with ``retry``/``reroute`` omitted, replaces the failed call
+    with a repaired result (it is recorded as a repair, and post_call still runs)."""
+
+    action: RecoveryAction
+    delay: float = 0.0
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    response: Response | None = None

@@ -1,0 +1,210 @@
+"""Per-workspace call chains: which plugins act, in which order, and how each hook
+implementation is called (sync or async, isolated, fail-open or fail-closed).
+
+A workspace's active set is the plugins whose gate is on for it. For each distinct
+active set the chain of every call hook is computed once from
+``pm.subset_hook_caller(hook, remove_plugins=inactive)`` and sorted by the plugins'
+declared stage; workspaces with the same active set share it. The cache is keyed by
+the flag store's version, so a flag change rebuilds it on the next call. On the hot
+path a call costs two dict look-ups to find its chain.
+
+Implementations are called one by one (not through pluggy's multicall) so that each
+one's failure is isolated and attributed, and so ``async def`` implementations are
+awaited in order.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from synthhost.call import Call, Recovery, Response
+from synthhost.errors import Denied, ErrorCode
+from synthhost.hookspecs import spec_names
+from synthhost.registry import Stage
+
+if TYPE_CHECKING:
+    from synthhost.host import Host
+    from synthhost.trace import Trace
+
+log = logging.getLogger("synthhost.chain")
+
+CALL_HOOKS = ("pre_call", "post_call", "on_failure", "on_trace")
+
+
+@dataclass(frozen=True, slots=True)
+class Impl:
+    plugin_name: str
+    function: Any
+    argnames: tuple[str, ...]
+    order: int
+    fail_closed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    active: frozenset[str]
+    pre_call: tuple[Impl, ...]
+    post_call: tuple[Impl, ...]
+    on_failure: tuple[Impl, ...]
+    on_trace: tuple[Impl, ...]
+
+
+class Chains:
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self._by_workspace: dict[str, tuple[int, Chain]] = {}
+        self._by_active: dict[frozenset[str], Chain] = {}
+        self._pm_plugins: tuple[str, ...] = ()
+
+    # -- building -----------------------------------------------------------------
+
+    def _gate_on(self, plugin: str, flags: Mapping[str, bool]) -> bool:
+        spec = self.host.registry.gates.get(plugin)
+        if spec is None or spec.gate is None:
+            return True
+        if isinstance(spec.gate, str):
+            return bool(flags.get(spec.gate, False))
+        try:
+            return bool(spec.gate(flags))
+        except Exception as exc:
+            log.error("gate of plugin %s failed, treating as off: %s", plugin, exc)
+            return False
+
+    def _impls(self, hook: str, remove: set[object]) -> tuple[Impl, ...]:
+        caller = self.host.pm.subset_hook_caller(hook, remove_plugins=remove)
+        gates = self.host.registry.gates
+        fail_closed_names = self.host.settings.fail_closed
+        # pluggy lists impls in reverse call order; reverse so ties keep pluggy's order.
+        impls = []
+        for position, hi in enumerate(reversed(caller.get_hookimpls())):
+            spec = gates.get(hi.plugin_name)
+            order = spec.order_for(hook) if spec else int(Stage.DEFAULT)
+            if hook == "on_failure" and hi.opts.get("trylast") and not spec:
+                order = int(Stage.RECOVERY)
+            closed = (spec.fail_closed if spec else False) or hi.plugin_name in fail_closed_names
+            impls.append((order, position, Impl(hi.plugin_name, hi.function, tuple(hi.argnames), order, closed)))
+        impls.sort(key=lambda t: (t[0], t[1]))
+        return tuple(i for _, _, i in impls)
+
+    def _build(self, active: frozenset[str]) -> Chain:
+        pm = self.host.pm
+        remove = {pm.get_plugin(name) for name in self.host.plugins.order if name not in active}
+        remove.discard(None)
+        return Chain(active, *(self._impls(hook, remove) for hook in CALL_HOOKS))
+
+    def active(self, workspace: str) -> frozenset[str]:
+        return self.for_workspace(workspace).active
+
+    def for_workspace(self, workspace: str) -> Chain:
+        flags_version = self.host.flags.version
+        cached = self._by_workspace.get(workspace)
+        if cached is not None and cached[0] == flags_version:
+            return cached[1]
+        flags = self.host.flags.resolved(workspace)
+        active = frozenset(n for n in self.host.plugins.order if self._gate_on(n, flags))
+        chain = self._by_active.get(active)
+        if chain is None:
+            chain = self._by_active[active] = self._build(active)
+        self._by_workspace[workspace] = (flags_version, chain)
+        return chain
+
+    def ordered_all(self, hook: str) -> tuple[Impl, ...]:
+        """Every plugin's impl of a lifecycle hook, in stage order (not gated)."""
+        return self._impls(hook, set())
+
+    # -- calling ------------------------------------------------------------------
+
+    @staticmethod
+    async def call_plain(impl: Impl, kwargs: Mapping[str, Any]) -> Any:
+        result = impl.function(*[kwargs[name] for name in impl.argnames])
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def fault(self, impl: Impl, hook: str, exc: Exception, call: Call | None, workspace: str) -> None:
+        """Record a crashed plugin; deny the call if the plugin is fail-closed."""
+        host = self.host
+        host.stats["plugin_errors"] += 1
+        host.stats[f"plugin_errors.{impl.plugin_name}"] += 1
+        message = f"{type(exc).__name__}: {exc}"[:500]
+        log.warning("plugin %s failed in %s: %s", impl.plugin_name, hook, message)
+        host.emit(
+            "plugin_error", call=call, workspace=workspace, status="error",
+            plugin=impl.plugin_name, hook=hook, error=message, fail_closed=impl.fail_closed,
+        )
+        if call is not None:
+            call.attributes.setdefault("plugin_errors", []).append(f"{impl.plugin_name}.{hook}")
+        if host.settings.raise_errors:
+            raise exc
+        if impl.fail_closed and hook in ("pre_call", "post_call"):
+            raise Denied(ErrorCode.PLUGIN_ERROR, f"plugin {impl.plugin_name} failed in {hook}: {message}",
+                         plugin=impl.plugin_name) from exc
+
+    async def pre_call(self, chain: Chain, call: Call) -> Response | None:
+        kwargs = {"call": call}
+        for impl in chain.pre_call:
+            try:
+                result = impl.function(*[kwargs[n] for n in impl.argnames])
+                if inspect.isawaitable(result):
+                    result = await result
+            except Denied:
+                raise
+            except Exception as exc:
+                self.fault(impl, "pre_call", exc, call, call.workspace)
+                continue
+            if result is not None:
+                call.attributes["short_circuit_by"] = impl.plugin_name
+                return result  # type: ignore[no-any-return]
+        return None
+
+    async def post_call(self, chain: Chain, call: Call, response: Response) -> None:
+        kwargs = {"call": call, "response": response}
+        for impl in chain.post_call:
+            try:
+                result = impl.function(*[kwargs[n] for n in impl.argnames])
+                if inspect.isawaitable(result):
+                    await result
+            except Denied:
+                raise
+            except Exception as exc:
+                self.fault(impl, "post_call", exc, call, call.workspace)
+
+    async def on_failure(self, chain: Chain, call: Call, error: BaseException, attempt: int) -> Recovery | None:
+        kwargs = {"call": call, "error": error, "attempt": attempt}
+        for impl in chain.on_failure:
+            try:
+                result = impl.function(*[kwargs[n] for n in impl.argnames])
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                self.fault(impl, "on_failure", exc, call, call.workspace)
+                continue
+            if result is not None:
+                if not isinstance(result, Recovery):
+                    self.fault(impl, "on_failure", TypeError(f"returned {result!r}, not Recovery"),
+                               call, call.workspace)
+                    continue
+                call.attributes.setdefault("recoveries", []).append(
+                    {"by": impl.plugin_name, "action": result.action, "reason": result.reason,
+                     "attempt": attempt}
+                )
+                return result
+        return None
+
+    async def on_trace(self, trace: Trace) -> None:
+        chain = self.for_workspace(trace.workspace)
+        kwargs = {"trace": trace}
+        for impl in chain.on_trace:
+            try:
+                result = impl.function(*[kwargs[n] for n in impl.argnames])
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                self.fault(impl, "on_trace", exc, None, trace.workspace)
+
+
+assert set(CALL_HOOKS) <= set(spec_names())

@@ -1,0 +1,79 @@
+"""The ``synthhost`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+import sqlalchemy as sa
+
+from synthhost.errors import SynthhostError, UsageError
+
+
+class HostError(click.ClickException):
+    """A one-line error; usage errors exit 2, everything else 1."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        from synthhost.cli.context import Interrupted
+
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            raise HostError(exc.message, 2) from None
+        except SynthhostError as exc:
+            raise HostError(str(exc), 1) from None
+        except Interrupted as exc:
+            click.echo(f"Interrupted by {exc}: completed calls were saved.", err=True)
+            ctx.exit(128 + exc.signum)
+        except sa.exc.OperationalError as exc:
+            raise HostError(f"database error: {str(exc.orig).strip().splitlines()[0]}", 1) from None
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="synthhost")
+@click.option("-v", "--verbose", count=True, help="Log more (-vv for debug).")
+def cli(verbose: int) -> None:
+    """synthhost: run agents, and every LLM call through a chain of plugins."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _attach() -> None:
+    from synthhost.cli import db, flags, plugins, traces
+
+    for command in (flags.flags, db.db, traces.traces, plugins.plugins_command, plugins.health):
+        cli.add_command(command)
+    try:
+        from synthhost.cli.run import run_command
+    except ImportError:  # pragma: no cover - during development
+        pass
+    else:
+        cli.add_command(run_command, "run")
+    try:
+        from synthhost.cli.queue import queue_command
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        cli.add_command(queue_command, "queue")
+    # Plugin commands: the same plugin set a host would load.
+    # Plugin commands come from the same plugin set a host would load (allow-list
+    # honoured), even under tests: commands are inert until invoked.
+    import os
+
+    from synthhost.plugins import PluginSet
+
+    plugin_set = PluginSet()
+    plugin_set.register_defaults()
+    plugin_set.load_entrypoints(os.environ)
+    plugin_set.pm.hook.register_commands(cli=cli)
+
+
+_attach()

@@ -1,0 +1,72 @@
+"""How commands get a host, and how async commands run with clean signal handling."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import anyio
+
+from synthhost.host import Host
+
+T = TypeVar("T")
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; the work was cancelled and its rows flushed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.asynccontextmanager
+async def open_host(**kwargs: Any) -> AsyncIterator[Host]:
+    """A started host from the environment; stopped (and flushed) on exit."""
+    async with Host.from_env(**kwargs) as host:
+        yield host
+
+
+@contextlib.contextmanager
+def cli_host(migrate: bool = True) -> Iterator[Host]:
+    """A host for synchronous database commands (flags, reports): migrated, flags
+    loaded, no background threads."""
+    host = Host.from_env()
+    try:
+        if migrate and host.settings.auto_migrate:
+            host.migrate()
+        host.flags.reload()
+        yield host
+    finally:
+        host.engine.dispose()
+
+
+def run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run ``fn`` under anyio; SIGINT/SIGTERM cancel it (so runs record what they did
+    and the host flushes), then :class:`Interrupted` is raised."""
+    received: list[int] = []
+    result: list[T] = []
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        received.append(signum)
+                        tg.cancel_scope.cancel()
+                        return
+
+            async def body() -> None:
+                result.append(await fn())
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            tg.start_soon(body)
+
+    anyio.run(main)
+    if received:
+        raise Interrupted(received[0])
+    return result[0]

@@ -1,0 +1,44 @@
+"""``synthhost db upgrade|downgrade|current``."""
+
+from __future__ import annotations
+
+import click
+
+from synthhost.cli.context import cli_host
+from synthhost.storage import db as storage
+
+
+@click.group()
+def db() -> None:
+    """Database migrations: the host's Alembic branch plus one per plugin."""
+
+
+@db.command()
+@click.argument("revision", default="heads")
+def upgrade(revision: str) -> None:
+    """Apply migrations (default: every branch to its head)."""
+    with cli_host(migrate=False) as host:
+        host.migrate(revision)
+        click.echo(f"upgraded to {', '.join(sorted(storage.current(host.engine))) or 'base'}")
+
+
+@db.command()
+@click.argument("revision")
+def downgrade(revision: str) -> None:
+    """Revert migrations to REVISION: ``base`` (everything), ``cost@base`` (one plugin's
+    branch), ``-1`` or a revision id."""
+    with cli_host(migrate=False) as host:
+        storage.downgrade(host.engine, host.registry.migrations, revision)
+        click.echo(f"now at {', '.join(sorted(storage.current(host.engine))) or 'base'}")
+
+
+@db.command()
+def current() -> None:
+    """Show the applied revision of every branch, and whether it is the head."""
+    with cli_host(migrate=False) as host:
+        applied = storage.current(host.engine)
+        heads = storage.heads(host.engine, host.registry.migrations)
+        click.echo(f"database: {host.engine.url.render_as_string(hide_password=True)}")
+        for rev in sorted(applied | heads):
+            state = "head" if rev in applied and rev in heads else ("pending" if rev in heads else "old")
+            click.echo(f"  {rev}  {state}")

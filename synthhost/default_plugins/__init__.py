@@ -1,0 +1,1 @@
+"""Built-in behaviour, shipped as plugins registered in every host."""

@@ -1,0 +1,237 @@
+"""The synthhost hook contract.
+
+Every hook is keyword-only; an implementation may accept any subset of the arguments
+(pluggy's rule). Implementations may be plain functions or ``async def``: the host
+awaits whatever they return. There are two kinds of hook:
+
+Registration hooks (``register_*``) run once, when the host starts. The host calls each
+plugin's implementation on its own, with a ``register`` callback bound to that plugin,
+so it knows which plugin declared what and can refuse collisions.
+
+Call hooks (``pre_call``, ``post_call``, ``on_failure``, ``on_trace``) run for the
+plugins *active* for the call's workspace: a plugin with a gate (see
+:func:`register_gate`) is active when its gate is on for that workspace; a plugin with no
+gate is always active. They run in the documented stage order (:class:`synthhost.Stage`),
+never in registration order.
+
+Error policy, for every call hook: :class:`synthhost.Denied` raised from ``pre_call`` or
+``post_call`` stops the call with its code, and later plugins do not run. Any other
+exception is isolated: the host records a ``plugin_error`` event naming the plugin and
+the hook, counts it (``host.stats.plugin_errors``), and goes on without that plugin's
+result (fail-open), unless the plugin registered ``fail_closed=True`` or is listed in
+``SYNTHHOST_FAIL_CLOSED``, in which case the call is denied with ``PLUGIN_ERROR``.
+With ``SYNTHHOST_RAISE_ERRORS=1`` plugin exceptions propagate (for debugging).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from synthhost.call import Call, Recovery, Response
+    from synthhost.host import Host
+    from synthhost.registry import (
+        RegisterExporter,
+        RegisterFlag,
+        RegisterGate,
+        RegisterHealthCheck,
+        RegisterMigrations,
+        RegisterProvider,
+    )
+    from synthhost.trace import Trace
+
+hookspec = pluggy.HookspecMarker("synthhost")
+hookimpl = pluggy.HookimplMarker("synthhost")
+
+
+# -- registration ----------------------------------------------------------------------
+
+
+@hookspec
+def register_flags(register: RegisterFlag) -> None:
+    """Declare the feature flags this plugin reads.
+
+    :param register: ``register(name, default=False, description="")``. A flag name is
+        global: two plugins declaring the same name with different defaults is an error
+        at start-up. Only declared flags can be set (``synthhost flags set``); an unknown
+        name is refused with the closest declared name suggested.
+
+    Return value: ignored.
+    """
+
+
+@hookspec
+def register_gate(register: RegisterGate) -> None:
+    """Declare when this plugin acts and where it sits in the call chain.
+
+    :param register: ``register(gate, *, order=Stage.DEFAULT, fail_closed=False)``.
+        ``gate`` is a declared flag name, a predicate ``(flags) -> bool`` over the
+        workspace's resolved flags (e.g. ``lambda f: f["a"] or f["b"]``), or ``None``
+        (always active). ``order`` is an int or a mapping ``{hook name: int}``: lower runs
+        first; see :class:`synthhost.Stage` for the built-in stages. ``fail_closed`` makes
+        a crash in this plugin deny the call instead of being skipped.
+
+    A plugin that does not implement this hook is always active, at ``Stage.DEFAULT``.
+    Return value: ignored.
+    """
+
+
+@hookspec
+def register_migrations(register: RegisterMigrations) -> None:
+    """Declare this plugin's Alembic migrations.
+
+    :param register: ``register(path)``, the directory holding this plugin's revision
+        files. Every plugin owns one Alembic branch: its first revision has
+        ``down_revision = None`` and ``branch_labels = ("<plugin name>",)``, and it must
+        only create tables whose SQLModel classes it defines itself.
+
+    Return value: ignored.
+    """
+
+
+@hookspec
+def register_providers(register: RegisterProvider) -> None:
+    """Register model providers.
+
+    :param register: ``register(name, factory)``. ``factory(host)`` returns an object
+        with ``async def complete(request, *, call) -> Response`` and optionally
+        ``async def aclose()``. It is called lazily, the first time a request names the
+        provider. Two plugins registering the same name is an error at start-up.
+
+    Return value: ignored.
+    """
+
+
+@hookspec
+def register_exporters(register: RegisterExporter) -> None:
+    """Register an outbox exporter: a sender the host feeds with ``event_logs`` rows.
+
+    :param register: ``register(name, factory, event_types=None, batch_size=20)``.
+        ``factory(host)`` returns an object with ``send(events) -> None`` (sync; it runs
+        in a worker thread) that raises :class:`synthhost.outbox.RetryableSendError` for
+        failures worth retrying and :class:`synthhost.outbox.PermanentSendError` for a
+        batch that will never be accepted (it is parked, not lost). ``event_types`` limits
+        which events are queued for it (``None``: all).
+
+    Delivery is at-least-once; a row is marked delivered only after ``send`` returned.
+    Return value: ignored.
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add commands to the ``synthhost`` command line.
+
+    :param cli: the root :class:`click.Group`; add a group per plugin
+        (``synthhost costs ...``).
+
+    Return value: ignored.
+    """
+
+
+@hookspec
+def register_health_checks(register: RegisterHealthCheck) -> None:
+    """Declare health checks shown by ``synthhost health``.
+
+    :param register: ``register(name, check)``; ``check(host)`` returns (or awaits to)
+        ``(ok: bool, detail: str)``. A check that raises counts as failed.
+
+    Return value: ignored.
+    """
+
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+
+@hookspec
+def startup(host: Host) -> Awaitable[None] | None:
+    """Called once when the host starts (after migrations), in stage order. Start
+    background workers here, and keep what you need from ``host`` on your own objects.
+
+    Error policy: an exception fails start-up (a plugin that cannot start is not
+    silently skipped). Return value: ignored.
+    """
+
+
+@hookspec
+def shutdown(host: Host) -> Awaitable[None] | None:
+    """Called once when the host stops, in reverse stage order: flush and stop
+    background work within a bounded time (the host allows ``SYNTHHOST_SHUTDOWN_TIMEOUT``,
+    default 10 s, in total). Exceptions are recorded and do not stop other plugins'
+    shutdown. Return value: ignored.
+    """
+
+
+# -- the call chain ---------------------------------------------------------------------
+
+
+@hookspec
+def pre_call(call: Call) -> Response | Awaitable[Response | None] | None:
+    """Before each attempt of a model call, in stage order (route, policy, rate limit,
+    input guardrails, similarity, ...).
+
+    :param call: the call context; ``call.request`` may be changed in place (model,
+        provider, messages, params, region, metadata) and the change is what the next
+        plugin sees and what the provider receives. ``call.attempt`` tells which attempt.
+
+    Return value: ``None`` to go on, or a :class:`synthhost.Response` to short-circuit
+    (the provider is not called, ``post_call`` still runs). Raise
+    :class:`synthhost.Denied` to stop the call: later plugins do not run, and nothing
+    they would charge (rate-limit quota) is charged.
+    """
+
+
+@hookspec
+def post_call(call: Call, response: Response) -> Awaitable[None] | None:
+    """After a successful provider answer, in stage order (output guardrails, cost,
+    similarity log, telemetry, ...).
+
+    :param call: the call context (the request as sent).
+    :param response: the provider's response, with usage.
+
+    Return value: ignored. Raise :class:`synthhost.Denied` to reject the output (the
+    call then fails with that code; observers later in the chain do not run).
+    """
+
+
+@hookspec(firstresult=True)
+def on_failure(call: Call, error: BaseException, attempt: int) -> Recovery | None:
+    """After a failed attempt (provider error, timeout, or a ``post_call`` denial marked
+    retryable). Runs in stage order; the first non-``None`` answer wins.
+
+    :param call: the call context.
+    :param error: the exception; :class:`synthhost.ProviderError` carries ``code``,
+        ``retryable``, ``status`` and ``retry_after``.
+    :param attempt: the attempt that failed, from 1.
+
+    Return value: a :class:`synthhost.Recovery` (retry, reroute, or give up), or ``None``
+    to let the next plugin decide. The host's default recovery plugin answers last:
+    retry retryable errors with exponential backoff and full jitter up to
+    ``call.max_attempts``, never auth or validation errors.
+    """
+
+
+@hookspec
+def on_trace(trace: Trace) -> Awaitable[None] | None:
+    """When a run (or a stand-alone ``Host.complete`` call) has finished and its rows are
+    durable. Exporters forward it here; they must not block: queue, and export in the
+    background, unless the plugin documents a synchronous mode.
+
+    :param trace: the finished run with its spans and events.
+
+    Return value: ignored. Exceptions are isolated as for every call hook.
+    """
+
+
+def spec_names() -> list[str]:
+    """Every hook name, in definition order (used by docs and tests)."""
+    return [name for name, value in globals().items() if hasattr(value, "synthhost_spec")]
+
+
+# Names the registry uses for typing callbacks; kept here so plugin authors read one file.
+Predicate = Callable[[Any], bool]

@@ -1,0 +1,305 @@
+"""The host: plugins, flags, storage and providers, and the lifecycle around them.
+
+The call chain itself lives in :mod:`synthhost.chain`, runs in :mod:`synthhost.runner`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import sqlalchemy as sa
+
+from synthhost.call import Call, Response, new_id
+from synthhost.chain import Chains
+from synthhost.errors import UnknownProvider
+from synthhost.flags import FlagStore
+from synthhost.plugins import PluginSet, running_under_tests
+from synthhost.registry import Provider, Registry, RegistrationError
+from synthhost.settings import Settings
+from synthhost.storage import db
+from synthhost.storage.models import EventLog, utcnow
+from synthhost.storage.writer import BatchedWriter
+
+if TYPE_CHECKING:
+    from synthhost.agent import AgentSpec
+    from synthhost.trace import RunResult
+
+log = logging.getLogger("synthhost")
+
+EVENTS = EventLog.__table__  # type: ignore[attr-defined]
+
+
+class Host:
+    """One host process's view of plugins, flags, storage and providers.
+
+    Public attributes plugins may use (from ``startup(host)`` or ``call.host``):
+
+    - ``settings``: :class:`synthhost.settings.Settings` (``settings.env`` has the env).
+    - ``registry``: what plugins registered (flags, gates, providers, exporters...).
+    - ``engine``: the SQLAlchemy (sync) engine. Reads off the call path only, or in a
+      worker thread (``anyio.to_thread.run_sync``).
+    - ``writer``: the batched writer; ``host.writer.submit(row)`` queues an SQLModel row
+      (never blocks, group-committed in the background); ``await host.writer.flush()``.
+    - ``flags``: the flag store; ``host.flags.is_enabled(workspace, name)`` is a dict
+      look-up; ``host.flags.set(name, enabled, workspace=None)`` writes through.
+    - ``stats``: ``collections.Counter`` of host counters (``plugin_errors``...).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        plugins: Iterable[ModuleType | object] = (),
+        load_entrypoints: bool | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.stats: Counter[str] = Counter()
+        self.plugins = PluginSet()
+        self.plugins.register_defaults()
+        if load_entrypoints is None:
+            load_entrypoints = not running_under_tests()
+        if load_entrypoints:
+            self.plugins.load_entrypoints(self.settings.env)
+        self.plugins.register_all(plugins)
+        self.pm = self.plugins.pm
+        self.registry = self._collect_registrations()
+        self.engine = db.create_engine(self.settings.database_url)
+        self.writer = BatchedWriter(self.engine, stats=self.stats)
+        self.flags = FlagStore(self.engine, self.registry.flags, self.settings.flag_refresh_s)
+        self.chains = Chains(self)
+        self._providers: dict[str, Provider] = {}
+        self._started = False
+        self._outbox: Any = None
+        self._on_emit: list[Callable[[dict[str, Any]], None]] = []
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> Host:
+        return cls(Settings.from_env(env), **kwargs)
+
+    # -- registration ------------------------------------------------------------------
+
+    def _collect_registrations(self) -> Registry:
+        """Call every registration hook impl on its own, with callbacks bound to the
+        plugin, so the registry knows who declared what."""
+        reg = Registry()
+        hook = self.pm.hook
+        for impl in hook.register_flags.get_hookimpls():
+            impl.function(register=lambda name, default=False, description="", _p=impl.plugin_name:
+                          reg.add_flag(_p, name, default, description))
+        for impl in hook.register_gate.get_hookimpls():
+            p = impl.plugin_name
+            impl.function(register=lambda gate, _p=p, **kw: reg.add_gate(_p, gate, **kw))
+        for impl in hook.register_migrations.get_hookimpls():
+            p = impl.plugin_name
+            impl.function(register=lambda path, _p=p: reg.add_migrations(_p, path))
+        for impl in hook.register_providers.get_hookimpls():
+            p = impl.plugin_name
+            impl.function(register=lambda name, factory, _p=p: reg.add_provider(_p, name, factory))
+        for impl in hook.register_exporters.get_hookimpls():
+            p = impl.plugin_name
+            impl.function(register=lambda name, factory, _p=p, **kw: reg.add_exporter(_p, name, factory, **kw))
+        for impl in hook.register_health_checks.get_hookimpls():
+            p = impl.plugin_name
+            impl.function(register=lambda name, check, _p=p: reg.add_health_check(_p, name, check))
+        for name, gate in reg.gates.items():
+            if isinstance(gate.gate, str) and gate.gate not in reg.flags:
+                raise RegistrationError(f"plugin {name!r} is gated by undeclared flag {gate.gate!r}")
+        return reg
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        if self.settings.auto_migrate:
+            await anyio.to_thread.run_sync(self.migrate)
+        await anyio.to_thread.run_sync(self.flags.reload)
+        self.flags.start()
+        self.writer.start()
+        if self.registry.exporters:
+            from synthhost.outbox import OutboxWorker
+
+            self._outbox = OutboxWorker(self)
+            self._outbox.start()
+        self._started = True
+        for impl in self.chains.ordered_all("startup"):
+            await self.chains.call_plain(impl, {"host": self})
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        deadline = self.settings.shutdown_timeout_s
+        with anyio.CancelScope(shield=True), anyio.move_on_after(deadline):
+            for impl in reversed(self.chains.ordered_all("shutdown")):
+                try:
+                    await self.chains.call_plain(impl, {"host": self})
+                except Exception as exc:
+                    log.error("plugin %s failed to shut down: %s", impl.plugin_name, exc)
+            for provider in self._providers.values():
+                aclose = getattr(provider, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
+        await anyio.to_thread.run_sync(self._stop_threads, abandon_on_cancel=False)
+
+    def _stop_threads(self) -> None:
+        self.writer.close(self.settings.shutdown_timeout_s)
+        if self._outbox is not None:
+            self._outbox.stop(self.settings.shutdown_timeout_s)
+        self.flags.stop()
+        self.engine.dispose()
+
+    async def __aenter__(self) -> Host:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def migrate(self, revision: str = "heads") -> None:
+        db.upgrade(self.engine, self.registry.migrations, revision)
+
+    # -- services for plugins ----------------------------------------------------------
+
+    def emit(
+        self,
+        event_type: str,
+        *,
+        call: Call | None = None,
+        workspace: str | None = None,
+        status: str = "success",
+        latency_ms: float | None = None,
+        user: str | None = None,
+        org: str | None = None,
+        run_id: str | None = None,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+        **context: Any,
+    ) -> str:
+        """Queue an ``event_logs`` row (and its outbox entries); returns the event id.
+        Never blocks and never raises on the call path."""
+        event_id = new_id()
+        values = {
+            "id": event_id,
+            "workspace_id": workspace or (call.workspace if call else "default"),
+            "user_id": user or (call.user if call else None),
+            "org_id": org or (call.org if call else None),
+            "event_type": event_type,
+            "status": status,
+            "context": context,
+            "latency_ms": latency_ms,
+            "trace_id": trace_id or (call.trace_id if call else None),
+            "run_id": run_id or (call.run_id if call else None),
+            "span_id": span_id or (call.span_id if call else None),
+            "created_at": utcnow(),
+        }
+        self.writer.submit_values(EVENTS, values)
+        if self.registry.exporters:
+            from synthhost.outbox import outbox_rows
+
+            for row in outbox_rows(self, values):
+                self.writer.submit(row)
+        for listener in self._on_emit:
+            listener(values)
+        self.stats[f"events.{event_type}"] += 1
+        return event_id
+
+    def is_active(self, plugin: str, workspace: str) -> bool:
+        """Is this plugin's gate on for this workspace?"""
+        return plugin in self.chains.active(workspace)
+
+    def provider(self, name: str) -> Provider:
+        provider = self._providers.get(name)
+        if provider is None:
+            spec = self.registry.providers.get(name)
+            if spec is None:
+                known = ", ".join(sorted(self.registry.providers))
+                raise UnknownProvider(f"unknown provider {name!r} (known: {known})")
+            provider = self._providers[name] = spec.factory(self)
+        return provider
+
+    def redis_url(self) -> str | None:
+        return self.settings.redis_url
+
+    # -- calls and runs -----------------------------------------------------------------
+
+    async def complete(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]] | str,
+        workspace: str = "default",
+        params: Mapping[str, Any] | None = None,
+        user: str | None = None,
+        org: str | None = None,
+        agent: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        max_attempts: int = 3,
+    ) -> Response:
+        """Run one model call through the plugin chain. ``model`` is
+        ``"provider/model"`` (``"echo/echo-1"``, ``"openai/gpt-4o-mini"``); a bare name
+        uses the ``echo`` provider. Raises :class:`synthhost.Denied` or
+        :class:`synthhost.ProviderError` on failure."""
+        from synthhost.runner import complete_standalone
+
+        await self.start()
+        return await complete_standalone(
+            self, model=model, messages=messages, workspace=workspace, params=params, user=user,
+            org=org, agent=agent, metadata=metadata, max_attempts=max_attempts,
+        )
+
+    async def run(
+        self,
+        spec: AgentSpec,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        workspace: str | None = None,
+        user: str | None = None,
+        org: str | None = None,
+    ) -> RunResult:
+        """Run an agent's steps through the plugin chain; the run's rows are durable
+        before this returns."""
+        from synthhost.runner import run_agent
+
+        await self.start()
+        return await run_agent(self, spec, inputs=inputs or {}, workspace=workspace, user=user, org=org)
+
+    # -- sync wrappers for apps without an event loop -----------------------------------
+
+    def complete_sync(self, **kwargs: Any) -> Response:
+        async def main() -> Response:
+            async with self:
+                return await self.complete(**kwargs)
+
+        return anyio.run(main)
+
+    def run_sync(self, spec: AgentSpec, **kwargs: Any) -> RunResult:
+        async def main() -> RunResult:
+            async with self:
+                return await self.run(spec, **kwargs)
+
+        return anyio.run(main)
+
+    def wait_for_events(self, timeout: float = 5.0) -> bool:
+        """Test helper: flush the writer."""
+        return self.writer.flush_sync(timeout)
+
+    def count(self, table: sa.Table | str, **where: Any) -> int:
+        """Count rows (tests and CLI)."""
+        tbl = table if isinstance(table, sa.Table) else sa.table(table)
+        query = sa.select(sa.func.count()).select_from(tbl)
+        for key, value in where.items():
+            query = query.where(sa.column(key) == value)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def elapsed(self, started: float) -> float:
+        return (time.perf_counter() - started) * 1000.0

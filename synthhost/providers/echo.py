@@ -1,0 +1,92 @@
+"""The echo provider: offline, deterministic, with realistic token usage.
+
+It answers for any model name. Simulation controls travel in ``request.params`` (keys
+starting with ``echo_``; they are not sent anywhere):
+
+- ``echo_reply``: the text to answer (default: ``"echo: "`` + the last user message);
+- ``echo_usage``: a dict of :class:`synthhost.Usage` fields to report instead of the
+  estimate (cost tests use it for cached and reasoning tokens);
+- ``echo_latency_ms``: simulated latency (default ``SYNTHHOST_ECHO_LATENCY_MS`` or 0);
+- ``echo_fail``: failures to inject, by attempt: a list (``["rate_limit", "timeout"]``
+  fails attempts 1 and 2) or a dict ``{"2": "server_error"}``. Kinds: ``rate_limit``
+  (429, retryable, retry_after 0), ``timeout``, ``server_error`` (500), ``auth`` (401,
+  not retryable), ``bad_request`` (400, not retryable).
+
+Token estimate: 4 characters a token, plus 4 tokens of framing per message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from synthhost.call import Call, Request, Response, Usage
+from synthhost.errors import ErrorCode, ProviderError
+
+if TYPE_CHECKING:
+    from synthhost.host import Host
+
+FAILURES: dict[str, tuple[str, bool, int | None]] = {
+    "rate_limit": (ErrorCode.PROVIDER_RATE_LIMITED, True, 429),
+    "timeout": (ErrorCode.PROVIDER_TIMEOUT, True, None),
+    "server_error": (ErrorCode.PROVIDER_ERROR, True, 500),
+    "auth": (ErrorCode.PROVIDER_AUTH, False, 401),
+    "bad_request": (ErrorCode.PROVIDER_BAD_REQUEST, False, 400),
+}
+
+
+def estimate_tokens(text: str) -> int:
+    return math.ceil(len(text) / 4) if text else 0
+
+
+class EchoProvider:
+    name = "echo"
+
+    def __init__(self, latency_ms: float = 0.0) -> None:
+        self.latency_ms = latency_ms
+        self.calls: deque[Request] = deque(maxlen=1000)
+        self.call_count = 0
+
+    def _failure(self, params: dict[str, Any], attempt: int) -> str | None:
+        spec = params.get("echo_fail")
+        if isinstance(spec, list):
+            return spec[attempt - 1] if attempt <= len(spec) else None
+        if isinstance(spec, dict):
+            return spec.get(str(attempt)) or spec.get(attempt)  # type: ignore[no-any-return]
+        return None
+
+    async def complete(self, request: Request, *, call: Call) -> Response:
+        params = request.params
+        self.call_count += 1
+        self.calls.append(Request(request.model, request.provider, list(request.messages),
+                                  dict(params), request.region, dict(request.metadata)))
+        latency = float(params.get("echo_latency_ms", self.latency_ms) or 0)
+        if latency > 0:
+            await anyio.sleep(latency / 1000)
+        kind = self._failure(params, call.attempt)
+        if kind:
+            code, retryable, status = FAILURES.get(kind, FAILURES["server_error"])
+            raise ProviderError(f"echo: injected {kind} on attempt {call.attempt}", code=code,
+                                retryable=retryable, status=status,
+                                retry_after=0.0 if kind == "rate_limit" else None)
+        text = params.get("echo_reply")
+        if text is None:
+            text = "echo: " + request.last_user_prompt
+        max_tokens = params.get("max_tokens")
+        if isinstance(max_tokens, int) and max_tokens > 0:
+            text = text[: max_tokens * 4]
+        forced = params.get("echo_usage")
+        if isinstance(forced, dict):
+            usage = Usage(**forced)
+        else:
+            prompt_tokens = sum(estimate_tokens(str(m.get("content") or "")) + 4 for m in request.messages)
+            usage = Usage(input_tokens=prompt_tokens, output_tokens=estimate_tokens(text))
+        return Response(text=str(text), model=request.model, provider="echo", usage=usage,
+                        latency_s=latency / 1000)
+
+
+def factory(host: Host) -> EchoProvider:
+    return EchoProvider(float(host.settings.env.get("SYNTHHOST_ECHO_LATENCY_MS", "0") or 0))

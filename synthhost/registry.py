@@ -1,0 +1,187 @@
+"""What registration hooks declare: flags, gates and stages, providers, exporters,
+migrations and health checks. The host fills one :class:`Registry` at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from synthhost.call import Call, Request, Response
+    from synthhost.host import Host
+
+
+class Stage(IntEnum):
+    """Where a plugin sits in the chain: lower runs first. Numbers only compare within
+    one hook, but they are all distinct so every name stays a real member.
+
+    ``pre_call``: route → policy → rate limit → input guardrails → similarity → others.
+    ``post_call``: cost → output guardrails → similarity log → others → telemetry. Cost
+    comes *before* output guardrails (DESIGN.md had it after): the provider has charged
+    for the tokens even when a guardrail then rejects the output, so the cost row must
+    be written before a guardrail's ``Denied`` stops the chain.
+    ``on_failure``: observers (cost, rate-limit refunds) → others → default recovery.
+    Leave gaps: third-party plugins pick any int in between."""
+
+    ROUTE = 100
+    COST = 150
+    POLICY = 200
+    GUARD_OUTPUT = 250
+    RATE_LIMIT = 300
+    SIMILARITY_LOG = 350
+    GUARD_INPUT = 400
+    SIMILARITY = 500
+    DEFAULT = 600
+    TELEMETRY = 900
+    RECOVERY = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class FlagSpec:
+    name: str
+    default: bool = False
+    description: str = ""
+    plugin: str = ""
+
+
+Gate = str | Callable[[Mapping[str, bool]], bool] | None
+
+
+@dataclass(frozen=True, slots=True)
+class GateSpec:
+    plugin: str
+    gate: Gate = None
+    order: Mapping[str, int] = field(default_factory=dict)
+    fail_closed: bool = False
+
+    def order_for(self, hook: str) -> int:
+        return self.order.get(hook, self.order.get("*", int(Stage.DEFAULT)))
+
+
+class Provider(Protocol):
+    async def complete(self, request: Request, *, call: Call) -> Response: ...
+
+
+ProviderFactory = Callable[["Host"], Provider]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    name: str
+    factory: ProviderFactory
+    plugin: str
+
+
+class Exporter(Protocol):
+    def send(self, events: Sequence[Mapping[str, Any]]) -> None: ...
+
+
+ExporterFactory = Callable[["Host"], Exporter]
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterSpec:
+    name: str
+    factory: ExporterFactory
+    plugin: str
+    event_types: frozenset[str] | None = None
+    batch_size: int = 20
+
+
+HealthCheck = Callable[["Host"], "tuple[bool, str] | Awaitable[tuple[bool, str]]"]
+
+
+class RegisterFlag(Protocol):
+    def __call__(self, name: str, default: bool = False, description: str = "") -> None: ...
+
+
+class RegisterGate(Protocol):
+    def __call__(
+        self, gate: Gate, *, order: int | Mapping[str, int] = ..., fail_closed: bool = ...
+    ) -> None: ...
+
+
+class RegisterMigrations(Protocol):
+    def __call__(self, path: str | Path) -> None: ...
+
+
+class RegisterProvider(Protocol):
+    def __call__(self, name: str, factory: ProviderFactory) -> None: ...
+
+
+class RegisterExporter(Protocol):
+    def __call__(
+        self,
+        name: str,
+        factory: ExporterFactory,
+        event_types: Sequence[str] | None = None,
+        batch_size: int = 20,
+    ) -> None: ...
+
+
+class RegisterHealthCheck(Protocol):
+    def __call__(self, name: str, check: HealthCheck) -> None: ...
+
+
+class RegistrationError(Exception):
+    """Two plugins declared the same name, or a declaration is malformed."""
+
+
+@dataclass
+class Registry:
+    flags: dict[str, FlagSpec] = field(default_factory=dict)
+    gates: dict[str, GateSpec] = field(default_factory=dict)
+    migrations: dict[str, Path] = field(default_factory=dict)
+    providers: dict[str, ProviderSpec] = field(default_factory=dict)
+    exporters: dict[str, ExporterSpec] = field(default_factory=dict)
+    health_checks: dict[str, tuple[str, HealthCheck]] = field(default_factory=dict)
+
+    def add_flag(self, plugin: str, name: str, default: bool = False, description: str = "") -> None:
+        existing = self.flags.get(name)
+        if existing is not None and existing.default != default:
+            raise RegistrationError(
+                f"flag {name!r} declared by {existing.plugin!r} (default {existing.default}) "
+                f"and by {plugin!r} (default {default})"
+            )
+        if existing is None:
+            self.flags[name] = FlagSpec(name, bool(default), description, plugin)
+
+    def add_gate(
+        self,
+        plugin: str,
+        gate: Gate,
+        *,
+        order: int | Mapping[str, int] = Stage.DEFAULT,
+        fail_closed: bool = False,
+    ) -> None:
+        orders = {"*": int(order)} if isinstance(order, int) else {k: int(v) for k, v in order.items()}
+        self.gates[plugin] = GateSpec(plugin, gate, orders, fail_closed)
+
+    def add_migrations(self, plugin: str, path: str | Path) -> None:
+        self.migrations[plugin] = Path(path)
+
+    def add_provider(self, plugin: str, name: str, factory: ProviderFactory) -> None:
+        if name in self.providers:
+            raise RegistrationError(
+                f"provider {name!r} registered by {self.providers[name].plugin!r} and {plugin!r}"
+            )
+        self.providers[name] = ProviderSpec(name, factory, plugin)
+
+    def add_exporter(
+        self,
+        plugin: str,
+        name: str,
+        factory: ExporterFactory,
+        event_types: Sequence[str] | None = None,
+        batch_size: int = 20,
+    ) -> None:
+        if name in self.exporters:
+            raise RegistrationError(f"exporter {name!r} registered twice")
+        types = frozenset(event_types) if event_types is not None else None
+        self.exporters[name] = ExporterSpec(name, factory, plugin, types, batch_size)
+
+    def add_health_check(self, plugin: str, name: str, check: HealthCheck) -> None:
+        self.health_checks[name] = (plugin, check)

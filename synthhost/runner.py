@@ -1,0 +1,339 @@
+"""Making calls and running agents: attempts, recovery, spans, runs, traces."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from synthhost.call import Call, Request, Response, new_id
+from synthhost.errors import Denied, ErrorCode, ProviderError, SynthhostError
+from synthhost.storage.models import Run, Span
+from synthhost.trace import EventRecord, RunResult, SpanRecord, StepResult, Trace
+
+if TYPE_CHECKING:
+    from synthhost.agent import AgentSpec
+    from synthhost.host import Host
+
+RUNS = Run.__table__  # type: ignore[attr-defined]
+SPANS = Span.__table__  # type: ignore[attr-defined]
+
+PROMPT_CAP = 4000
+
+
+def split_model(model: str) -> tuple[str, str]:
+    """``"openai/gpt-4o"`` → ``("openai", "gpt-4o")``; a bare name uses ``echo``."""
+    provider, sep, name = model.partition("/")
+    return (provider, name) if sep and provider and name else ("echo", model)
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+def _messages(messages: list[dict[str, Any]] | str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
+
+
+@dataclass
+class RunState:
+    """A run in progress: its root span, spans so far, and the events it emitted."""
+
+    host: Host
+    run_id: str
+    trace_id: str
+    workspace: str
+    name: str
+    agent: str | None
+    user: str | None
+    org: str | None
+    input: dict[str, Any]
+    started_at: float = field(default_factory=time.time)
+    spans: list[SpanRecord] = field(default_factory=list)
+    events: list[EventRecord] = field(default_factory=list)
+    cost: Decimal = Decimal(0)
+    priced_calls: int = 0
+    unpriced_calls: int = 0
+    tokens: int = 0
+
+    def add_span(self, span: SpanRecord) -> None:
+        self.spans.append(span)
+        self.host.writer.submit_values(SPANS, span_values(span, self.workspace))
+        if span.kind == "call":
+            self.tokens += int(span.attributes.get("usage", {}).get("total_tokens", 0) or 0)
+            cost = span.attributes.get("cost_usd")
+            if cost is None:
+                if span.status == "ok":
+                    self.unpriced_calls += 1
+            else:
+                try:
+                    self.cost += Decimal(str(cost))
+                    self.priced_calls += 1
+                except InvalidOperation:
+                    pass
+
+    def run_values(self, status: str, ended_at: float | None, output: Any, error: SynthhostError | None) -> dict[str, Any]:
+        attributes: dict[str, Any] = {"tokens": self.tokens, "calls": sum(s.kind == "call" for s in self.spans)}
+        if self.priced_calls:
+            attributes["cost_usd"] = str(self.cost)
+        if self.unpriced_calls:
+            attributes["unpriced_calls"] = self.unpriced_calls
+        return {
+            "id": self.run_id, "trace_id": self.trace_id, "workspace_id": self.workspace,
+            "user_id": self.user, "org_id": self.org, "agent": self.agent, "name": self.name,
+            "status": status, "started_at": _dt(self.started_at), "ended_at": _dt(ended_at),
+            "input": self.input, "output": output,
+            "error_code": error.code if error else None,
+            "error_message": error.message if error else None,
+            "attributes": attributes,
+        }
+
+
+def span_values(span: SpanRecord, workspace: str) -> dict[str, Any]:
+    return {
+        "id": span.span_id, "trace_id": span.trace_id, "run_id": span.run_id,
+        "parent_id": span.parent_id, "workspace_id": workspace, "kind": span.kind,
+        "name": span.name, "status": span.status, "started_at": _dt(span.started_at),
+        "ended_at": _dt(span.ended_at), "error_code": span.error_code,
+        "error_message": span.error_message, "attributes": span.attributes,
+    }
+
+
+# -- one call, every attempt ------------------------------------------------------------
+
+
+async def execute_call(host: Host, call: Call) -> Response:
+    """Run the chain around a call until it succeeds, is denied, or recovery gives up."""
+    chain = host.chains.for_workspace(call.workspace)
+    chains = host.chains
+    while True:
+        try:
+            response = await chains.pre_call(chain, call)
+            if response is None:
+                call.tried_routes.append((call.request.provider, call.request.model))
+                started = time.perf_counter()
+                response = await host.provider(call.request.provider).complete(call.request, call=call)
+                response.latency_s = response.latency_s or (time.perf_counter() - started)
+            await chains.post_call(chain, call, response)
+            return response
+        except Denied as denied:
+            await chains.on_failure(chain, call, denied, call.attempt)
+            raise
+        except SynthhostError as err:
+            error: SynthhostError = err
+        except Exception as exc:  # a provider bug: not retryable, but never a traceback
+            error = ProviderError(f"{type(exc).__name__}: {exc}", retryable=False)
+        recovery = await chains.on_failure(chain, call, error, call.attempt)
+        if recovery is None or recovery.action == "give_up":
+            raise error
+        host.emit("recovery", call=call, action=recovery.action, reason=recovery.reason,
+                  attempt=call.attempt, error_code=error.code)
+        if recovery.response is not None:
+            response = recovery.response
+            await chains.post_call(chain, call, response)
+            call.attributes["repaired"] = True
+            return response
+        if recovery.action == "reroute":
+            for key, value in recovery.changes.items():
+                setattr(call.request, key, value)
+        if recovery.delay > 0:
+            await anyio.sleep(recovery.delay)
+        call.attempt += 1
+
+
+def call_span(call: Call, response: Response | None, error: SynthhostError | None, ended: float) -> SpanRecord:
+    attrs: dict[str, Any] = {
+        "provider": call.request.provider,
+        "model": call.request.model,
+        "requested_model": call.requested_model,
+        "requested_provider": call.requested_provider,
+        "attempts": call.attempt,
+        "params": call.request.params,
+        "input": call.request.messages,
+    }
+    if call.request.region:
+        attrs["region"] = call.request.region
+    if response is not None:
+        usage = response.usage.to_dict()
+        usage["total_tokens"] = response.usage.total_tokens
+        attrs.update(usage=usage, billed_model=response.model, output=response.text,
+                     finish_reason=response.finish_reason,
+                     provider_latency_ms=round(response.latency_s * 1000, 3))
+    if error is not None and isinstance(error, Denied) and error.details:
+        attrs["denial"] = error.details
+    attrs.update(call.attributes)
+    return SpanRecord(
+        span_id=call.span_id, trace_id=call.trace_id, run_id=call.run_id or call.trace_id,
+        kind="call", name=f"{call.request.provider}/{call.request.model}", started_at=call.started_at,
+        parent_id=call.parent_span_id, ended_at=ended, status="error" if error else "ok",
+        error_code=error.code if error else None, error_message=error.message if error else None,
+        attributes=attrs,
+    )
+
+
+async def traced_call(host: Host, call: Call, run: RunState) -> Response:
+    """Execute a call and record its span on the run, whatever happens."""
+    error: SynthhostError | None = None
+    response: Response | None = None
+    try:
+        response = await execute_call(host, call)
+        return response
+    except SynthhostError as err:
+        error = err
+        raise
+    except BaseException:  # cancelled: still record the span, then propagate
+        error = SynthhostError("call cancelled", code=ErrorCode.CANCELLED)
+        raise
+    finally:
+        run.add_span(call_span(call, response, error, time.time()))
+
+
+def make_call(
+    host: Host, *, model: str, messages: list[dict[str, Any]] | str, workspace: str,
+    params: Mapping[str, Any] | None, user: str | None, org: str | None, agent: str | None,
+    metadata: Mapping[str, Any] | None, max_attempts: int, run: RunState,
+    parent: str | None = None, step: str | None = None,
+) -> Call:
+    provider, name = split_model(model)
+    request = Request(model=name, provider=provider, messages=_messages(messages),
+                      params=dict(params or {}), metadata=dict(metadata or {}))
+    return Call(host=host, request=request, workspace=workspace, user=user, org=org, agent=agent,
+                step=step, run_id=run.run_id, trace_id=run.trace_id, parent_span_id=parent,
+                max_attempts=max_attempts, metadata=dict(metadata or {}))
+
+
+async def complete_standalone(host: Host, **kw: Any) -> Response:
+    """``Host.complete``: a one-call trace (run row + call span), no flush on the call path."""
+    workspace = kw["workspace"]
+    run = RunState(host, new_id(), new_id(), workspace, f"complete {kw['model']}", kw.get("agent"),
+                   kw.get("user"), kw.get("org"), {})
+    call = make_call(host, run=run, **kw)
+    error: SynthhostError | None = None
+    response: Response | None = None
+    try:
+        response = await traced_call(host, call, run)
+        return response
+    except SynthhostError as err:
+        error = err
+        raise
+    finally:
+        ended = time.time()
+        status = "error" if error or response is None else "ok"
+        host.writer.submit_values(RUNS, run.run_values(status, ended, None, error))
+        if host.chains.for_workspace(workspace).on_trace:
+            await host.chains.on_trace(build_trace(run, status, ended, None, error))
+
+
+def build_trace(run: RunState, status: str, ended: float, output: Any, error: SynthhostError | None) -> Trace:
+    values = run.run_values(status, ended, output, error)
+    return Trace(
+        run_id=run.run_id, trace_id=run.trace_id, workspace=run.workspace, name=run.name,
+        started_at=run.started_at, ended_at=ended, status=status,  # type: ignore[arg-type]
+        agent=run.agent, user=run.user, org=run.org, input=run.input, output=output,
+        error_code=values["error_code"], error_message=values["error_message"],
+        attributes=values["attributes"], spans=list(run.spans), events=list(run.events),
+    )
+
+
+# -- agent runs --------------------------------------------------------------------------
+
+
+async def run_agent(
+    host: Host, spec: AgentSpec, *, inputs: Mapping[str, Any], workspace: str | None,
+    user: str | None, org: str | None,
+) -> RunResult:
+    from synthhost.agent import render_step, resolve_inputs
+
+    ws = workspace or spec.workspace
+    variables: dict[str, Any] = dict(resolve_inputs(spec, dict(inputs)))
+    run = RunState(host, new_id(), new_id(), ws, spec.name, spec.name, user, org, dict(variables))
+    variables.update(workspace=ws, agent=spec.name, run_id=run.run_id)
+    root = SpanRecord(run.run_id, run.trace_id, run.run_id, "run", spec.name, run.started_at)
+    host.writer.submit_values(RUNS, run.run_values("running", None, None, None), upsert_on=("id",))
+
+    def note(values: dict[str, Any]) -> None:
+        if values.get("run_id") == run.run_id:
+            created = values["created_at"].timestamp()
+            run.events.append(EventRecord(values["id"], values["event_type"], values["status"],
+                                          created, values["context"] or {}, values.get("span_id")))
+
+    host._on_emit.append(note)
+    host.emit("run_started", workspace=ws, user=user, org=org, run_id=run.run_id,
+              trace_id=run.trace_id, span_id=run.run_id, agent=spec.name, inputs=sorted(variables))
+    result = RunResult(run.run_id, run.trace_id, ws, spec.name, "running")  # type: ignore[arg-type]
+    error: SynthhostError | None = None
+    output: str | None = None
+    try:
+        for step in spec.steps:
+            step_span = SpanRecord(new_id(), run.trace_id, run.run_id, "step", step.name, time.time(),
+                                   parent_id=run.run_id)
+            step_result = StepResult(step.name, "running", span_id=step_span.span_id)  # type: ignore[arg-type]
+            result.steps.append(step_result)
+            try:
+                system, prompt = render_step(step, variables)
+                messages = ([{"role": "system", "content": system}] if system else []) + [
+                    {"role": "user", "content": prompt}]
+                model = step.model or spec.model
+                step_result.model = model
+                call = make_call(
+                    host, model=model, messages=messages, workspace=ws,
+                    params={**spec.params, **step.params}, user=user, org=org, agent=spec.name,
+                    metadata=spec.metadata, max_attempts=spec.retry.max_attempts, run=run,
+                    parent=step_span.span_id, step=step.name,
+                )
+                call.retry_initial_delay_s = spec.retry.initial_delay_s
+                call.retry_max_delay_s = spec.retry.max_delay_s
+                response = await traced_call(host, call, run)
+            except SynthhostError as err:
+                step_span.status, step_span.error_code, step_span.error_message = "error", err.code, err.message
+                step_result.status, step_result.error_code, step_result.error_message = "error", err.code, err.message
+                raise
+            finally:
+                step_span.ended_at = time.time()
+                if step_span.status == "running":
+                    step_span.status = "ok"
+                run.add_span(step_span)
+            output = response.text
+            variables[step.output or step.name] = output
+            result.outputs[step.output or step.name] = output
+            step_result.status, step_result.output = "ok", output
+    except SynthhostError as err:
+        error = err
+    except BaseException:
+        error = SynthhostError("run cancelled", code=ErrorCode.CANCELLED)
+        with anyio.CancelScope(shield=True):
+            await _finish(host, run, root, result, error, output)
+        raise
+    finally:
+        host._on_emit.remove(note)
+    await _finish(host, run, root, result, error, output)
+    return result
+
+
+async def _finish(host: Host, run: RunState, root: SpanRecord, result: RunResult,
+                  error: SynthhostError | None, output: str | None) -> None:
+    ended = time.time()
+    status = "error" if error else "ok"
+    root.ended_at, root.status = ended, status  # type: ignore[assignment]
+    if error:
+        root.error_code, root.error_message = error.code, error.message
+    run.add_span(root)
+    values = run.run_values(status, ended, output, error)
+    host.writer.submit_values(RUNS, values, upsert_on=("id",))
+    host.emit("run_finished", workspace=run.workspace, user=run.user, org=run.org,
+              run_id=run.run_id, trace_id=run.trace_id, span_id=run.run_id,
+              status="success" if not error else "error", latency_ms=(ended - run.started_at) * 1000,
+              agent=run.agent, error_code=values["error_code"], cost_usd=values["attributes"].get("cost_usd"),
+              tokens=run.tokens)
+    await host.writer.flush()  # the run's rows are durable before it reports done
+    result.status = status  # type: ignore[assignment]
+    result.output = output if not error else None
+    result.error_code, result.error_message = values["error_code"], values["error_message"]
+    result.cost_usd = values["attributes"].get("cost_usd")
+    result.duration_ms = (ended - run.started_at) * 1000
+    await host.chains.on_trace(build_trace(run, status, ended, output, error))

@@ -1,0 +1,50 @@
+"""Settings read from the environment, once, when a host is built."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_database_url() -> str:
+    home = Path(os.environ.get("SYNTHHOST_HOME", Path.home() / ".synthhost"))
+    return f"sqlite:///{home / 'synthhost.db'}"
+
+
+def _names(value: str | None) -> frozenset[str]:
+    return frozenset(n.strip() for n in (value or "").split(",") if n.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``env`` keeps the whole environment mapping so plugins read their own variables
+    (``host.settings.env.get("RUDDERSTACK_WRITE_KEY")``) from the same snapshot."""
+
+    database_url: str = field(default_factory=default_database_url)
+    redis_url: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    fail_closed: frozenset[str] = frozenset()
+    raise_errors: bool = False
+    flag_refresh_s: float = 1.0
+    auto_migrate: bool = True
+    shutdown_timeout_s: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        url = env.get("DATABASE_URL") or default_database_url()
+        # Accept the plain libpq form users paste from their provider.
+        if url.startswith(("postgres://", "postgresql://")):
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        return cls(
+            database_url=url,
+            redis_url=env.get("REDIS_URL") or None,
+            env=env,
+            fail_closed=_names(env.get("SYNTHHOST_FAIL_CLOSED")),
+            raise_errors=env.get("SYNTHHOST_RAISE_ERRORS", "") not in ("", "0", "false"),
+            flag_refresh_s=float(env.get("SYNTHHOST_FLAG_REFRESH_S", "1.0")),
+            auto_migrate=env.get("SYNTHHOST_AUTO_MIGRATE", "1") not in ("0", "false"),
+            shutdown_timeout_s=float(env.get("SYNTHHOST_SHUTDOWN_TIMEOUT", "10")),
+        )

@@ -1,0 +1,204 @@
+"""The batched writer (group commit).
+
+Rows submitted on the call path go to an in-memory queue; one background thread takes
+everything queued, inserts it table by table in one transaction, and commits. A call
+never waits for its own row. ``flush()`` waits until every row submitted before it is
+committed: the runner calls it before a run reports done, and the host calls it on
+shutdown (normal exit, Ctrl-C, SIGTERM).
+
+If the database is unreachable the batch is kept and retried with backoff, so rows are
+delayed, not lost, while the process lives.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import SQLModel
+
+log = logging.getLogger("synthhost.writer")
+
+_Item = tuple[sa.Table, dict[str, Any], tuple[str, ...] | None]
+
+
+def row_values(row: SQLModel) -> tuple[sa.Table, dict[str, Any]]:
+    table: sa.Table = type(row).__table__  # type: ignore[attr-defined]
+    return table, {c.name: getattr(row, c.name) for c in table.columns}
+
+
+class BatchedWriter:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        max_batch: int = 1000,
+        max_delay_s: float = 0.02,
+        stats: Counter[str] | None = None,
+        on_commit: Callable[[list[_Item]], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.stats: Counter[str] = stats if stats is not None else Counter()
+        self.on_commit = on_commit
+        self._queue: deque[tuple[int, _Item]] = deque()
+        self._cond = threading.Condition()
+        self._submitted = 0
+        self._committed = 0
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    # -- producer side (any thread, the event loop included) ------------------------
+
+    def submit(self, row: SQLModel, *, upsert_on: tuple[str, ...] | None = None) -> None:
+        """Queue one row. ``upsert_on`` names the conflict columns for an upsert (the
+        run row is written when it starts and again when it ends)."""
+        table, values = row_values(row)
+        self.submit_values(table, values, upsert_on=upsert_on)
+
+    def submit_values(
+        self, table: sa.Table, values: dict[str, Any], *, upsert_on: tuple[str, ...] | None = None
+    ) -> None:
+        with self._cond:
+            self._submitted += 1
+            self._queue.append((self._submitted, (table, values, upsert_on)))
+            if len(self._queue) >= self.max_batch:
+                self._cond.notify()
+        self.stats["rows_submitted"] += 1
+
+    @property
+    def pending(self) -> int:
+        return self._submitted - self._committed
+
+    def flush_sync(self, timeout: float | None = None) -> bool:
+        """Block until everything submitted so far is committed. False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._submitted
+            self._cond.notify_all()
+            while self._committed < target:
+                if self._thread is None or not self._thread.is_alive():
+                    self._drain_locked()
+                    continue
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining if remaining is not None else 0.5)
+        return True
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        if self._submitted == self._committed:
+            return True
+        return await anyio.to_thread.run_sync(self.flush_sync, timeout, abandon_on_cancel=True)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="synthhost-writer", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Flush and stop. Returns False if rows were still pending at the deadline."""
+        ok = self.flush_sync(timeout)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=max(0.1, timeout))
+            self._thread = None
+        if not ok:
+            log.error("writer closed with %d rows not committed", self.pending)
+        return ok
+
+    # -- consumer side -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            with self._cond:
+                if not self._queue and not self._closing:
+                    self._cond.wait(self.max_delay_s * 10)
+                if not self._queue:
+                    if self._closing:
+                        return
+                    continue
+                batch = list(self._queue)
+            if len(batch) < self.max_batch and not self._closing:
+                time.sleep(self.max_delay_s)  # group commit: let concurrent calls join
+                with self._cond:
+                    batch = list(self._queue)
+            try:
+                self._write(batch)
+            except sa.exc.OperationalError as exc:
+                self.stats["writer_retries"] += 1
+                log.warning("database unavailable, retrying %d rows: %s", len(batch), exc.orig)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except Exception:
+                self._write_one_by_one(batch)
+            backoff = 0.05
+            self._mark_done(batch)
+
+    def _drain_locked(self) -> None:
+        # No thread (not started or crashed): write in the caller's thread.
+        batch = list(self._queue)
+        try:
+            self._write(batch)
+        except Exception:
+            self._write_one_by_one(batch)
+        self._committed = max(self._committed, batch[-1][0] if batch else self._submitted)
+        for _ in batch:
+            self._queue.popleft()
+        self._cond.notify_all()
+
+    def _mark_done(self, batch: list[tuple[int, _Item]]) -> None:
+        with self._cond:
+            for _ in batch:
+                self._queue.popleft()
+            self._committed = batch[-1][0]
+            self._cond.notify_all()
+        self.stats["rows_committed"] += len(batch)
+        self.stats["commits"] += 1
+
+    def _write(self, batch: list[tuple[int, _Item]]) -> None:
+        groups: dict[tuple[sa.Table, tuple[str, ...] | None], list[dict[str, Any]]] = defaultdict(list)
+        for _, (table, values, upsert_on) in batch:
+            groups[(table, upsert_on)].append(values)
+        with self.engine.begin() as conn:
+            for (table, upsert_on), rows in groups.items():
+                if upsert_on is None:
+                    conn.execute(table.insert(), rows)
+                else:
+                    for values in rows:  # upserts are rare (run rows): keep them simple
+                        conn.execute(self._upsert(conn, table, values, upsert_on))
+        if self.on_commit is not None:
+            self.on_commit([item for _, item in batch])
+
+    def _write_one_by_one(self, batch: list[tuple[int, _Item]]) -> None:
+        for _, (table, values, upsert_on) in batch:
+            try:
+                with self.engine.begin() as conn:
+                    if upsert_on is None:
+                        conn.execute(table.insert(), [values])
+                    else:
+                        conn.execute(self._upsert(conn, table, values, upsert_on))
+            except Exception as exc:
+                self.stats["rows_rejected"] += 1
+                log.error("row rejected by %s: %s", table.name, exc)
+
+    @staticmethod
+    def _upsert(conn: sa.Connection, table: sa.Table, values: dict[str, Any], keys: tuple[str, ...]) -> Any:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(table).values(**values)
+        update = {k: stmt.excluded[k] for k in values if k not in keys}
+        return stmt.on_conflict_do_update(index_elements=list(keys), set_=update)

@@ -1,0 +1,161 @@
+"""The trace store's read side: list runs, load one trace, export it as JSON.
+
+Every read is scoped to one workspace: a run id from another workspace is "not found",
+never readable (the original's cross-tenant read is the trap this avoids).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from synthhost.storage.models import EventLog, Run, Span
+from synthhost.trace import EventRecord, SpanRecord, Trace
+
+RUNS = Run.__table__  # type: ignore[attr-defined]
+SPANS = Span.__table__  # type: ignore[attr-defined]
+EVENTS = EventLog.__table__  # type: ignore[attr-defined]
+
+_SECRET_KEYS = re.compile(r"(api[_-]?key|secret|token|password|authorization)", re.I)
+_SECRET_VALUES = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|pk-lf-[A-Za-z0-9\-]+|sk-lf-[A-Za-z0-9\-]+|Bearer\s+\S+)")
+
+
+def redact(value: Any) -> Any:
+    """Drop values under secret-looking keys and mask secret-looking strings."""
+    if isinstance(value, dict):
+        return {k: ("[redacted]" if _SECRET_KEYS.search(str(k)) else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        return _SECRET_VALUES.sub("[redacted]", value)
+    return value
+
+
+def parse_since(value: str | None) -> datetime | None:
+    """``30m``, ``24h``, ``7d`` or an ISO timestamp."""
+    if not value:
+        return None
+    match = re.fullmatch(r"(\d+)([smhd])", value.strip())
+    if match:
+        n, unit = int(match[1]), match[2]
+        seconds = n * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _ts(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite hands back naive datetimes
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+def list_runs(
+    engine: sa.Engine, workspace: str, *, since: datetime | None = None, status: str | None = None,
+    agent: str | None = None, search: str | None = None, limit: int = 50, offset: int = 0,
+) -> list[dict[str, Any]]:
+    query = sa.select(RUNS).where(RUNS.c.workspace_id == workspace)
+    if since is not None:
+        query = query.where(RUNS.c.started_at >= since)
+    if status:
+        query = query.where(RUNS.c.status == status)
+    if agent:
+        query = query.where(RUNS.c.agent == agent)
+    if search:
+        query = query.where(RUNS.c.name.ilike(f"%{search}%"))
+    query = query.order_by(RUNS.c.started_at.desc(), RUNS.c.id).limit(limit).offset(offset)
+    with engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
+    return [
+        {
+            "run_id": r["id"], "trace_id": r["trace_id"], "name": r["name"], "agent": r["agent"],
+            "status": r["status"], "started_at": _iso(r["started_at"]), "ended_at": _iso(r["ended_at"]),
+            "error_code": r["error_code"], "cost_usd": (r["attributes"] or {}).get("cost_usd"),
+            "tokens": (r["attributes"] or {}).get("tokens"),
+        }
+        for r in rows
+    ]
+
+
+def _iso(value: datetime | None) -> str | None:
+    ts = _ts(value)
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def load_trace(engine: sa.Engine, run_id: str, workspace: str | None = None) -> Trace | None:
+    """Load a run with its spans and events. With ``workspace``, a run of another
+    workspace is not found."""
+    with engine.connect() as conn:
+        query = sa.select(RUNS).where(sa.or_(RUNS.c.id == run_id, RUNS.c.trace_id == run_id))
+        if workspace is not None:
+            query = query.where(RUNS.c.workspace_id == workspace)
+        run = conn.execute(query).mappings().first()
+        if run is None:
+            return None
+        spans = conn.execute(
+            sa.select(SPANS).where(SPANS.c.run_id == run["id"]).order_by(SPANS.c.started_at)
+        ).mappings().all()
+        events = conn.execute(
+            sa.select(EVENTS).where(EVENTS.c.run_id == run["id"]).order_by(EVENTS.c.created_at)
+        ).mappings().all()
+    return Trace(
+        run_id=run["id"], trace_id=run["trace_id"], workspace=run["workspace_id"], name=run["name"],
+        started_at=_ts(run["started_at"]) or 0.0, ended_at=_ts(run["ended_at"]) or 0.0,
+        status=run["status"], agent=run["agent"], user=run["user_id"], org=run["org_id"],
+        input=run["input"] or {}, output=run["output"], error_code=run["error_code"],
+        error_message=run["error_message"], attributes=run["attributes"] or {},
+        spans=[
+            SpanRecord(
+                span_id=s["id"], trace_id=s["trace_id"], run_id=s["run_id"], kind=s["kind"],
+                name=s["name"], started_at=_ts(s["started_at"]) or 0.0, parent_id=s["parent_id"],
+                ended_at=_ts(s["ended_at"]), status=s["status"], error_code=s["error_code"],
+                error_message=s["error_message"], attributes=s["attributes"] or {},
+            )
+            for s in spans
+        ],
+        events=[
+            EventRecord(e["id"], e["event_type"], e["status"], _ts(e["created_at"]) or 0.0,
+                        e["context"] or {}, e["span_id"])
+            for e in events
+        ],
+    )
+
+
+def export_trace(trace: Trace) -> dict[str, Any]:
+    """The JSON export: run, spans (as a tree by parent id) and raw events, redacted."""
+
+    def span(s: SpanRecord) -> dict[str, Any]:
+        return {
+            "span_id": s.span_id, "parent_id": s.parent_id, "kind": s.kind, "name": s.name,
+            "status": s.status, "started_at": _fmt(s.started_at), "ended_at": _fmt(s.ended_at),
+            "duration_ms": None if s.duration_ms is None else round(s.duration_ms, 3),
+            "error_code": s.error_code, "error_message": s.error_message, "attributes": s.attributes,
+        }
+
+    data = {
+        "format": "synthhost.trace/v1",
+        "exported_at": datetime.now(UTC).isoformat(),
+        "run": {
+            "run_id": trace.run_id, "trace_id": trace.trace_id, "workspace": trace.workspace,
+            "name": trace.name, "agent": trace.agent, "status": trace.status,
+            "started_at": _fmt(trace.started_at), "ended_at": _fmt(trace.ended_at),
+            "input": trace.input, "output": trace.output, "error_code": trace.error_code,
+            "error_message": trace.error_message, "attributes": trace.attributes,
+        },
+        "spans": [span(s) for s in trace.spans],
+        "events": [
+            {"id": e.id, "event_type": e.event_type, "status": e.status,
+             "created_at": _fmt(e.created_at), "span_id": e.span_id, "context": e.context}
+            for e in trace.events
+        ],
+    }
+    return redact(data)  # type: ignore[no-any-return]
+
+
+def _fmt(ts: float | None) -> str | None:
+    return None if not ts else datetime.fromtimestamp(ts, UTC).isoformat()
