@@ -153,6 +153,8 @@ def startup(host: Host) -> Awaitable[None] | None:
     """Called once when the host starts (after migrations), in stage order. Start
     background workers here, and keep what you need from ``host`` on your own objects.
 
+    :param host: the started host (engine, writer, flags, settings, registry).
+
     Error policy: an exception fails start-up (a plugin that cannot start is not
     silently skipped). Return value: ignored.
     """
@@ -162,7 +164,12 @@ def startup(host: Host) -> Awaitable[None] | None:
 def shutdown(host: Host) -> Awaitable[None] | None:
     """Called once when the host stops, in reverse stage order: flush and stop
     background work within a bounded time (the host allows ``SYNTHHOST_SHUTDOWN_TIMEOUT``,
-    default 10 s, in total). Exceptions are recorded and do not stop other plugins'
+    default 10 s, in total).
+
+    :param host: the stopping host; its writer still accepts rows until every plugin's
+        ``shutdown`` has returned.
+
+    Exceptions are recorded and do not stop other plugins'
     shutdown. Return value: ignored.
     """
 

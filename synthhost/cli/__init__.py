@@ -73,7 +73,12 @@ def _attach() -> None:
     plugin_set = PluginSet()
     plugin_set.register_defaults()
     plugin_set.load_entrypoints(os.environ)
-    plugin_set.pm.hook.register_commands(cli=cli)
+    for impl in plugin_set.pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:  # a broken plugin must not take the whole CLI down
+            click.echo(f"warning: plugin {impl.plugin_name} could not add its commands: "
+                       f"{type(exc).__name__}: {exc}", err=True)
 
 
 _attach()

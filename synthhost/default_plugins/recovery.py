@@ -30,11 +30,11 @@ def register_gate(register: RegisterGate) -> None:
 def on_failure(call: Call, error: BaseException, attempt: int) -> Recovery:
     if isinstance(error, Denied):
         return Recovery("give_up", reason=f"denied: {error.code}")
-    if isinstance(error, ProviderError) and not error.retryable:
-        return Recovery("give_up", reason=f"not retryable: {error.code}")
+    if not isinstance(error, ProviderError) or not error.retryable:
+        return Recovery("give_up", reason=f"not retryable: {getattr(error, 'code', 'error')}")
     if attempt >= call.max_attempts:
         return Recovery("give_up", reason=f"{attempt} attempts made")
     delay = backoff(attempt, call.retry_initial_delay_s, call.retry_max_delay_s)
-    if isinstance(error, ProviderError) and error.retry_after:
+    if error.retry_after:
         delay = max(delay, error.retry_after)
     return Recovery("retry", delay=delay, reason=f"retryable {getattr(error, 'code', 'error')}")

@@ -1,0 +1,3 @@
+from synthhost.cli import cli
+
+cli(prog_name="synthhost")
