@@ -72,7 +72,7 @@ async def bench(plugins: str, warmup: int, count: int, concurrency: int, url: st
     host = Host(Settings.from_env(env), load_entrypoints=True)
     workspace = "bench"
     async with host:
-        for name, spec in host.registry.flags.items():
+        for name in host.registry.flags:
             if plugins != "none" and not name.startswith("disable_"):
                 host.flags.set(name, True, workspace=workspace)
         timed = Timed(host.provider("echo"))

@@ -158,7 +158,7 @@ class Chains:
                 continue
             if result is not None:
                 call.attributes["short_circuit_by"] = impl.plugin_name
-                return result  # type: ignore[no-any-return]
+                return result
         return None
 
     async def post_call(self, chain: Chain, call: Call, response: Response) -> None:

@@ -21,11 +21,12 @@ from synthhost.chain import Chains
 from synthhost.errors import UnknownProvider
 from synthhost.flags import FlagStore
 from synthhost.plugins import PluginSet, running_under_tests
-from synthhost.registry import Provider, Registry, RegistrationError
+from synthhost.registry import Provider, RegistrationError, Registry
 from synthhost.settings import Settings
 from synthhost.storage import db
 from synthhost.storage.models import EventLog, utcnow
 from synthhost.storage.writer import BatchedWriter
+from synthhost.traces import redact, secret_values
 
 if TYPE_CHECKING:
     from synthhost.agent import AgentSpec
@@ -34,6 +35,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("synthhost")
 
 EVENTS = EventLog.__table__  # type: ignore[attr-defined]
+
+
+class _Redactor:
+    """Masks secrets in a row's JSON columns (runs in the writer thread)."""
+
+    JSON_COLUMNS = ("attributes", "input", "output", "context", "error_message")
+
+    def __init__(self, secrets: list[str]) -> None:
+        self.secrets = secrets
+
+    def __call__(self, values: dict[str, Any]) -> dict[str, Any]:
+        for column in self.JSON_COLUMNS:
+            if values.get(column) is not None:
+                values[column] = redact(values[column], self.secrets)
+        return values
 
 
 class Host:
@@ -72,6 +88,9 @@ class Host:
         self.registry = self._collect_registrations()
         self.engine = db.create_engine(self.settings.database_url)
         self.writer = BatchedWriter(self.engine, stats=self.stats)
+        redactor = _Redactor(secret_values(self.settings.env))
+        for table in ("spans", "runs", "event_logs"):
+            self.writer.transforms[table] = redactor
         self.flags = FlagStore(self.engine, self.registry.flags, self.settings.flag_refresh_s)
         self.chains = Chains(self)
         self._providers: dict[str, Provider] = {}

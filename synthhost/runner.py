@@ -77,7 +77,9 @@ class RunState:
                 except InvalidOperation:
                     pass
 
-    def run_values(self, status: str, ended_at: float | None, output: Any, error: SynthhostError | None) -> dict[str, Any]:
+    def run_values(
+        self, status: str, ended_at: float | None, output: Any, error: SynthhostError | None
+    ) -> dict[str, Any]:
         attributes: dict[str, Any] = {"tokens": self.tokens, "calls": sum(s.kind == "call" for s in self.spans)}
         if self.priced_calls:
             attributes["cost_usd"] = str(self.cost)
@@ -265,14 +267,14 @@ async def run_agent(
     host._on_emit.append(note)
     host.emit("run_started", workspace=ws, user=user, org=org, run_id=run.run_id,
               trace_id=run.trace_id, span_id=run.run_id, agent=spec.name, inputs=sorted(variables))
-    result = RunResult(run.run_id, run.trace_id, ws, spec.name, "running")  # type: ignore[arg-type]
+    result = RunResult(run.run_id, run.trace_id, ws, spec.name, "running")
     error: SynthhostError | None = None
     output: str | None = None
     try:
         for step in spec.steps:
             step_span = SpanRecord(new_id(), run.trace_id, run.run_id, "step", step.name, time.time(),
                                    parent_id=run.run_id)
-            step_result = StepResult(step.name, "running", span_id=step_span.span_id)  # type: ignore[arg-type]
+            step_result = StepResult(step.name, "running", span_id=step_span.span_id)
             result.steps.append(step_result)
             try:
                 system, prompt = render_step(step, variables)

@@ -6,7 +6,9 @@ never readable (the original's cross-tenant read is the trap this avoids).
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,17 +21,38 @@ RUNS = Run.__table__  # type: ignore[attr-defined]
 SPANS = Span.__table__  # type: ignore[attr-defined]
 EVENTS = EventLog.__table__  # type: ignore[attr-defined]
 
-_SECRET_KEYS = re.compile(r"(api[_-]?key|secret|token|password|authorization)", re.I)
+# Keys whose values are secrets: api_key, x-api-key, secret, client_secret, token,
+# access_token, password, authorization... but not input_tokens or max_tokens.
+_SECRET_KEYS = re.compile(
+    r"^(.*[_-])?(api[_-]?key|secret|secret[_-]?key|token|password|passwd|authorization)$", re.I
+)
 _SECRET_VALUES = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|pk-lf-[A-Za-z0-9\-]+|sk-lf-[A-Za-z0-9\-]+|Bearer\s+\S+)")
 
 
-def redact(value: Any) -> Any:
-    """Drop values under secret-looking keys and mask secret-looking strings."""
+def secret_values(env: Mapping[str, str]) -> list[str]:
+    """The values of environment variables that hold secrets (``*_KEY``, ``*SECRET*``,
+    ``*TOKEN*``, ``*PASSWORD*``), longest first, ignoring short ones."""
+    names = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD)", re.I)
+    values = {v for k, v in env.items() if names.search(k) and len(v) >= 8}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(value: Any, secrets: list[str] | None = None) -> Any:
+    """Drop values under secret-looking keys, mask secret-looking strings and every
+    known secret value (``secret_values(os.environ)`` by default)."""
+    if secrets is None:
+        secrets = secret_values(os.environ)
     if isinstance(value, dict):
-        return {k: ("[redacted]" if _SECRET_KEYS.search(str(k)) else redact(v)) for k, v in value.items()}
+        return {
+            k: ("[redacted]" if _SECRET_KEYS.search(str(k)) else redact(v, secrets))
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [redact(v) for v in value]
+        return [redact(v, secrets) for v in value]
     if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, "[redacted]")
         return _SECRET_VALUES.sub("[redacted]", value)
     return value
 
@@ -154,7 +177,7 @@ def export_trace(trace: Trace) -> dict[str, Any]:
             for e in trace.events
         ],
     }
-    return redact(data)  # type: ignore[no-any-return]
+    return redact(data)
 
 
 def _fmt(ts: float | None) -> str | None:

@@ -13,11 +13,15 @@ from synthhost.errors import SynthhostError, UsageError
 
 
 class HostError(click.ClickException):
-    """A one-line error; usage errors exit 2, everything else 1."""
+    """A one-line error from the host: exit 1."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    exit_code = 1
+
+
+class BadInput(HostError):
+    """A file, field or flag was wrong: exit 2, like click's own usage errors."""
+
+    exit_code = 2
 
 
 class Group(click.Group):
@@ -27,14 +31,14 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except UsageError as exc:
-            raise HostError(exc.message, 2) from None
+            raise BadInput(exc.message) from None
         except SynthhostError as exc:
-            raise HostError(str(exc), 1) from None
+            raise HostError(str(exc)) from None
         except Interrupted as exc:
             click.echo(f"Interrupted by {exc}: completed calls were saved.", err=True)
             ctx.exit(128 + exc.signum)
         except sa.exc.OperationalError as exc:
-            raise HostError(f"database error: {str(exc.orig).strip().splitlines()[0]}", 1) from None
+            raise HostError(f"database error: {str(exc.orig).strip().splitlines()[0]}") from None
 
 
 @click.group(cls=Group)

@@ -77,7 +77,7 @@ def health(as_json: bool) -> None:
                     async def wait(o: Any = outcome) -> Any:
                         return await o
                     outcome = anyio.run(wait)
-                ok, detail = outcome  # type: ignore[misc]
+                ok, detail = outcome
             except Exception as exc:
                 ok, detail = False, f"{type(exc).__name__}: {exc}"[:200]
             results.append({"name": name, "plugin": plugin, "ok": bool(ok), "detail": detail})

@@ -55,7 +55,7 @@ class EchoProvider:
         if isinstance(spec, list):
             return spec[attempt - 1] if attempt <= len(spec) else None
         if isinstance(spec, dict):
-            return spec.get(str(attempt)) or spec.get(attempt)  # type: ignore[no-any-return]
+            return spec.get(str(attempt)) or spec.get(attempt)
         return None
 
     async def complete(self, request: Request, *, call: Call) -> Response:

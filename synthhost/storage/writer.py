@@ -55,6 +55,9 @@ class BatchedWriter:
         self._committed = 0
         self._closing = False
         self._thread: threading.Thread | None = None
+        # Per-table value transforms applied in the writer thread, off the call path
+        # (the host uses one to redact secrets from spans and events).
+        self.transforms: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
     # -- producer side (any thread, the event loop included) ------------------------
 
@@ -173,7 +176,8 @@ class BatchedWriter:
     def _write(self, batch: list[tuple[int, _Item]]) -> None:
         groups: dict[tuple[sa.Table, tuple[str, ...] | None], list[dict[str, Any]]] = defaultdict(list)
         for _, (table, values, upsert_on) in batch:
-            groups[(table, upsert_on)].append(values)
+            transform = self.transforms.get(table.name)
+            groups[(table, upsert_on)].append(transform(values) if transform else values)
         with self.engine.begin() as conn:
             for (table, upsert_on), rows in groups.items():
                 if upsert_on is None:
@@ -186,6 +190,8 @@ class BatchedWriter:
 
     def _write_one_by_one(self, batch: list[tuple[int, _Item]]) -> None:
         for _, (table, values, upsert_on) in batch:
+            transform = self.transforms.get(table.name)
+            values = transform(values) if transform else values
             try:
                 with self.engine.begin() as conn:
                     if upsert_on is None:
