@@ -249,12 +249,11 @@ async def run_agent(
     host: Host, spec: AgentSpec, *, inputs: Mapping[str, Any], workspace: str | None,
     user: str | None, org: str | None,
 ) -> RunResult:
-    from synthhost.agent import render_step, resolve_inputs
+    from synthhost.agent import render_step, resolve_inputs, step_variables
 
     ws = workspace or spec.workspace
-    variables: dict[str, Any] = dict(resolve_inputs(spec, dict(inputs)))
-    run = RunState(host, new_id(), new_id(), ws, spec.name, spec.name, user, org, dict(variables))
-    variables.update(workspace=ws, agent=spec.name, run_id=run.run_id)
+    resolved: dict[str, Any] = dict(resolve_inputs(spec, dict(inputs)))
+    run = RunState(host, new_id(), new_id(), ws, spec.name, spec.name, user, org, dict(resolved))
     root = SpanRecord(run.run_id, run.trace_id, run.run_id, "run", spec.name, run.started_at)
     host.writer.submit_values(RUNS, run.run_values("running", None, None, None), upsert_on=("id",))
 
@@ -266,7 +265,7 @@ async def run_agent(
 
     host._on_emit.append(note)
     host.emit("run_started", workspace=ws, user=user, org=org, run_id=run.run_id,
-              trace_id=run.trace_id, span_id=run.run_id, agent=spec.name, inputs=sorted(variables))
+              trace_id=run.trace_id, span_id=run.run_id, agent=spec.name, inputs=sorted(resolved))
     result = RunResult(run.run_id, run.trace_id, ws, spec.name, "running")
     error: SynthhostError | None = None
     output: str | None = None
@@ -277,6 +276,8 @@ async def run_agent(
             step_result = StepResult(step.name, "running", span_id=step_span.span_id)
             result.steps.append(step_result)
             try:
+                variables = step_variables(spec, step, resolved, result.outputs, workspace=ws,
+                                           run_id=run.run_id)
                 system, prompt = render_step(step, variables)
                 messages = ([{"role": "system", "content": system}] if system else []) + [
                     {"role": "user", "content": prompt}]
@@ -301,7 +302,6 @@ async def run_agent(
                     step_span.status = "ok"
                 run.add_span(step_span)
             output = response.text
-            variables[step.output or step.name] = output
             result.outputs[step.output or step.name] = output
             step_result.status, step_result.output = "ok", output
     except SynthhostError as err:

@@ -25,6 +25,7 @@ class Interrupted(Exception):
 @contextlib.asynccontextmanager
 async def open_host(**kwargs: Any) -> AsyncIterator[Host]:
     """A started host from the environment; stopped (and flushed) on exit."""
+    kwargs.setdefault("load_entrypoints", True)  # the CLI always honours the allow-list
     async with Host.from_env(**kwargs) as host:
         yield host
 
@@ -33,11 +34,12 @@ async def open_host(**kwargs: Any) -> AsyncIterator[Host]:
 def cli_host(migrate: bool = True) -> Iterator[Host]:
     """A host for synchronous database commands (flags, reports): migrated, flags
     loaded, no background threads."""
-    host = Host.from_env()
+    host = Host.from_env(load_entrypoints=True)
     try:
-        if migrate and host.settings.auto_migrate:
-            host.migrate()
-        host.flags.reload()
+        if migrate:
+            if host.settings.auto_migrate:
+                host.migrate()
+            host.flags.reload()
         yield host
     finally:
         host.engine.dispose()
@@ -48,6 +50,7 @@ def run_async(fn: Callable[[], Awaitable[T]]) -> T:
     and the host flushes), then :class:`Interrupted` is raised."""
     received: list[int] = []
     result: list[T] = []
+    failure: list[BaseException] = []
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
@@ -60,13 +63,18 @@ def run_async(fn: Callable[[], Awaitable[T]]) -> T:
                         return
 
             async def body() -> None:
-                result.append(await fn())
+                try:
+                    result.append(await fn())
+                except Exception as exc:  # re-raised below, outside the task group's ExceptionGroup
+                    failure.append(exc)
                 tg.cancel_scope.cancel()
 
             tg.start_soon(watch)
             tg.start_soon(body)
 
     anyio.run(main)
+    if failure:
+        raise failure[0]
     if received:
         raise Interrupted(received[0])
     return result[0]

@@ -1,0 +1,164 @@
+"""``synthhost run AGENT.yaml``: run an agent and print its result.
+
+Exit status: 0 when the run succeeded, 1 when it failed (the error's code and message
+on stderr), 2 on bad input (agent file, ``--input``, unknown provider).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from synthhost.agent import AgentSpec, check_providers, load_agent, resolve_inputs
+from synthhost.errors import SynthhostError, UsageError
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+    from synthhost.host import Host
+    from synthhost.trace import RunResult
+
+
+def _open_host() -> AbstractAsyncContextManager[Host]:
+    """The host to run on (tests replace this)."""
+    from synthhost.cli.context import open_host
+
+    return open_host()
+
+
+def _run_sync(fn: Any) -> Any:
+    """Run ``fn`` with the CLI's signal handling (Ctrl-C/SIGTERM flush the run)."""
+    from synthhost.cli.context import run_async
+
+    return run_async(fn)
+
+
+def parse_inputs(pairs: Sequence[str]) -> dict[str, str]:
+    """``["topic=cats", "n=3"]`` → ``{"topic": "cats", "n": "3"}``; the last value of a
+    repeated key wins."""
+    values: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--input: expected KEY=VALUE, got {pair!r}")
+        values[key] = value
+    return values
+
+
+def format_step_lines(result: RunResult) -> list[str]:
+    """One short line per step that ran, then a summary line."""
+    lines: list[str] = []
+    width = max((len(s.name) for s in result.steps), default=0)
+    total = len(result.steps)
+    for i, step in enumerate(result.steps, 1):
+        line = f"step {i}/{total} {step.name:<{width}}  {step.status:<5}  {step.model or ''}"
+        if step.error_code:
+            line += f"  {step.error_code}"
+        lines.append(line.rstrip())
+    summary = f"run {result.run_id[:12]} {result.status} in {result.duration_ms:.1f} ms"
+    if result.cost_usd is not None:
+        summary += f", ${result.cost_usd}"
+    lines.append(summary)
+    return lines
+
+
+def error_line(result: RunResult) -> str:
+    message = " ".join((result.error_message or "run failed").split())
+    return f"Error: {result.error_code or 'ERROR'}: {message}"
+
+
+async def execute(spec: AgentSpec, inputs: Mapping[str, Any], workspace: str | None) -> RunResult:
+    """Open a host, check the agent's providers against it, and run the agent."""
+    async with _open_host() as host:
+        check_providers(spec, host.registry.providers, spec.source)
+        return await host.run(spec, inputs=dict(inputs), workspace=workspace)
+
+
+@click.command("run")
+@click.argument("agent_file", metavar="AGENT.yaml", type=click.Path(dir_okay=False))
+@click.option("-w", "--workspace", default=None, help="Workspace to run in (default: the agent's).")
+@click.option(
+    "-i",
+    "--input",
+    "input_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An input value; repeat for several.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="A line per step on stderr (default: when stderr is a terminal).",
+)
+@click.pass_context
+def run_command(
+    ctx: click.Context,
+    agent_file: str,
+    workspace: str | None,
+    input_pairs: tuple[str, ...],
+    as_json: bool,
+    progress: bool | None,
+) -> None:
+    """Run an agent file's steps through the plugin chain and print the result.
+
+    \b
+    Exit status: 0 on success, 1 when the run failed, 2 on bad input.
+    Example: synthhost run examples/hello.yaml --input name=Ada
+    """
+    try:
+        spec = load_agent(agent_file)
+        inputs = resolve_inputs(spec, parse_inputs(input_pairs))
+        if workspace is not None and not workspace.strip():
+            raise UsageError("--workspace: must not be empty")
+    except UsageError as exc:
+        _fail_usage(exc)
+
+    async def main() -> RunResult | SynthhostError:
+        # Errors come back as values: raised inside the runner's task group they would
+        # surface wrapped in an ExceptionGroup.
+        try:
+            return await execute(spec, inputs, workspace)
+        except SynthhostError as exc:
+            return exc
+
+    outcome = _run_sync(main)
+    if isinstance(outcome, UsageError):  # unknown provider, or the host refused an input
+        _fail_usage(outcome)
+    if isinstance(outcome, SynthhostError):  # the host could not run it at all
+        click.echo(f"Error: {outcome.code}: {' '.join(outcome.message.split())}", err=True)
+        ctx.exit(1)
+    result: RunResult = outcome
+
+    if progress is None:
+        progress = _isatty(sys.stderr)
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    elif progress:
+        for line in format_step_lines(result):
+            click.echo(line, err=True)
+    if result.ok:
+        if not as_json:
+            click.echo(result.output or "")
+        ctx.exit(0)
+    click.echo(error_line(result), err=True)
+    ctx.exit(1)
+
+
+def _fail_usage(exc: UsageError) -> NoReturn:
+    # The root command group does the same; doing it here keeps the command usable on
+    # its own (tests, embedding in another click app).
+    click.echo(f"Error: {exc.message}", err=True)
+    raise click.exceptions.Exit(2)
+
+
+def _isatty(stream: Any) -> bool:
+    with contextlib.suppress(Exception):
+        return bool(stream.isatty())
+    return False

@@ -1,0 +1,79 @@
+"""The command line: flags, plugins, db — exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from synthhost.cli import cli
+
+
+@pytest.fixture
+def invoke(db_url):  # type: ignore[no-untyped-def]
+    def run(*args: str, **env: str):  # type: ignore[no-untyped-def]
+        full = {"DATABASE_URL": db_url, "SYNTHHOST_LOAD_PLUGINS": "cost", **env}
+        return CliRunner().invoke(cli, list(args), env=full)
+
+    return run
+
+
+def test_flags_set_list_unset(invoke):  # type: ignore[no-untyped-def]
+    result = invoke("flags", "set", "track_model_costs", "on", "--workspace", "acme")
+    assert result.exit_code == 0, result.output
+    listed = json.loads(invoke("flags", "list", "--workspace", "acme", "--json").output)
+    by_name = {f["name"]: f for f in listed}
+    assert by_name["track_model_costs"]["enabled"] is True
+    assert by_name["track_model_costs"]["source"] == "workspace"
+    other = json.loads(invoke("flags", "list", "--workspace", "zzz", "--json").output)
+    assert {f["name"]: f["enabled"] for f in other}["track_model_costs"] is False
+    assert invoke("flags", "unset", "track_model_costs", "--workspace", "acme").exit_code == 0
+    again = json.loads(invoke("flags", "list", "--workspace", "acme", "--json").output)
+    assert {f["name"]: f["source"] for f in again}["track_model_costs"] == "default"
+
+
+def test_unknown_flag_exits_2_with_a_suggestion(invoke):  # type: ignore[no-untyped-def]
+    result = invoke("flags", "set", "track_model_cost", "on")
+    assert result.exit_code == 2
+    assert result.output == "Error: unknown flag 'track_model_cost' (did you mean 'track_model_costs'?)\n"
+
+
+def test_bad_flag_value_exits_2(invoke):  # type: ignore[no-untyped-def]
+    result = invoke("flags", "set", "track_model_costs", "maybe")
+    assert result.exit_code == 2 and "not on/off" in result.output
+
+
+def test_plugins_lists_distribution_hooks_gate_and_activity(invoke):  # type: ignore[no-untyped-def]
+    invoke("flags", "set", "track_model_costs", "on", "--workspace", "acme")
+    rows = {r["name"]: r for r in json.loads(invoke("plugins", "--workspace", "acme", "--json").output)}
+    # The allow-list loaded only `cost` besides the defaults.
+    assert set(rows) == {"echo", "openai", "recovery", "cost"}
+    cost = rows["cost"]
+    assert cost["distribution"] == "synthhost-cost" and cost["version"]
+    assert cost["gate"] == "track_model_costs" and cost["active"] is True
+    assert "post_call" in cost["hooks"]
+    off = {r["name"]: r for r in json.loads(invoke("plugins", "--workspace", "other", "--json").output)}
+    assert off["cost"]["active"] is False and off["echo"]["active"] is True
+
+
+def test_empty_allow_list_loads_no_installed_plugin(invoke):  # type: ignore[no-untyped-def]
+    rows = json.loads(invoke("plugins", "--json", SYNTHHOST_LOAD_PLUGINS="").output)
+    assert {r["name"] for r in rows} == {"echo", "openai", "recovery"}
+
+
+def test_db_commands(invoke):  # type: ignore[no-untyped-def]
+    assert invoke("db", "upgrade").exit_code == 0
+    current = invoke("db", "current")
+    assert current.exit_code == 0 and "0001_host" not in current.output or "head" in current.output
+    down = invoke("db", "downgrade", "base")
+    assert down.exit_code == 0, down.output
+    assert "now at base" in down.output
+    up = invoke("db", "upgrade")
+    assert up.exit_code == 0 and "upgraded" in up.output
+
+
+def test_health(invoke):  # type: ignore[no-untyped-def]
+    result = invoke("health", "--json")
+    checks = {c["name"]: c for c in json.loads(result.output)}
+    assert checks["database"]["ok"] is True
