@@ -23,7 +23,7 @@ from synthhost.flags import FlagStore
 from synthhost.plugins import PluginSet, running_under_tests
 from synthhost.registry import Provider, RegistrationError, Registry
 from synthhost.settings import Settings
-from synthhost.storage import db
+from synthhost.storage import db, spool
 from synthhost.storage.models import EventLog, utcnow
 from synthhost.storage.writer import BatchedWriter
 from synthhost.traces import redact, secret_values
@@ -142,6 +142,7 @@ class Host:
         await anyio.to_thread.run_sync(self.flags.reload)
         self.flags.start()
         self.writer.start()
+        await anyio.to_thread.run_sync(self._replay_spool)
         if self.registry.exporters:
             from synthhost.outbox import OutboxWorker
 
@@ -169,8 +170,19 @@ class Host:
                         await aclose()
         await anyio.to_thread.run_sync(self._stop_threads, abandon_on_cancel=False)
 
+    def _replay_spool(self) -> None:
+        """Rows an earlier process could not write (database down at its exit)."""
+        from sqlmodel import SQLModel
+
+        for path in spool.pending(self.settings.spool_dir):
+            for table, values, upsert_on in spool.read(path, dict(SQLModel.metadata.tables)):
+                self.writer.submit_values(table, values, upsert_on=upsert_on)
+            if self.writer.flush_sync(self.settings.shutdown_timeout_s):
+                path.unlink()
+                self.stats["spool_files_replayed"] += 1
+
     def _stop_threads(self) -> None:
-        self.writer.close(self.settings.shutdown_timeout_s)
+        self.writer.close(self.settings.shutdown_timeout_s, self.settings.spool_dir)
         if self._outbox is not None:
             self._outbox.stop(self.settings.shutdown_timeout_s)
         self.flags.stop()

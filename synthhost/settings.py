@@ -8,9 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def default_database_url() -> str:
-    home = Path(os.environ.get("SYNTHHOST_HOME", Path.home() / ".synthhost"))
-    return f"sqlite:///{home / 'synthhost.db'}"
+def home_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("SYNTHHOST_HOME") or Path.home() / ".synthhost")
+
+
+def default_database_url(env: Mapping[str, str] | None = None) -> str:
+    return f"sqlite:///{home_dir(env) / 'synthhost.db'}"
 
 
 def _names(value: str | None) -> frozenset[str]:
@@ -30,11 +34,12 @@ class Settings:
     flag_refresh_s: float = 1.0
     auto_migrate: bool = True
     shutdown_timeout_s: float = 10.0
+    spool_dir: Path = field(default_factory=lambda: home_dir() / "spool")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
-        url = env.get("DATABASE_URL") or default_database_url()
+        url = env.get("DATABASE_URL") or default_database_url(env)
         # Accept the plain libpq form users paste from their provider.
         if url.startswith(("postgres://", "postgresql://")):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
@@ -47,4 +52,5 @@ class Settings:
             flag_refresh_s=float(env.get("SYNTHHOST_FLAG_REFRESH_S", "1.0")),
             auto_migrate=env.get("SYNTHHOST_AUTO_MIGRATE", "1") not in ("0", "false"),
             shutdown_timeout_s=float(env.get("SYNTHHOST_SHUTDOWN_TIMEOUT", "10")),
+            spool_dir=Path(env.get("SYNTHHOST_SPOOL_DIR") or home_dir(env) / "spool"),
         )

@@ -78,11 +78,12 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def make_host(db_url: str) -> Iterator[Callable[..., Host]]:
+def make_host(db_url: str, tmp_path: Any) -> Iterator[Callable[..., Host]]:
     hosts: list[Host] = []
 
     def make(*plugins: Any, env: dict[str, str] | None = None, **settings: Any) -> Host:
-        base = {"DATABASE_URL": db_url, "SYNTHHOST_FLAG_REFRESH_S": "0.2"}
+        base = {"DATABASE_URL": db_url, "SYNTHHOST_FLAG_REFRESH_S": "0.2",
+                "SYNTHHOST_SPOOL_DIR": str(tmp_path / "spool"), "SYNTHHOST_HOME": str(tmp_path / "home")}
         full_env = {**os.environ, **base, **(env or {})}
         host = Host(Settings.from_env(full_env), plugins=plugins, load_entrypoints=False)
         if settings:

@@ -17,12 +17,15 @@ import threading
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import SQLModel
+
+from synthhost.storage import spool
 
 log = logging.getLogger("synthhost.writer")
 
@@ -54,6 +57,7 @@ class BatchedWriter:
         self._submitted = 0
         self._committed = 0
         self._closing = False
+        self._abandon = False
         self._thread: threading.Thread | None = None
         # Per-table value transforms applied in the writer thread, off the call path
         # (the host uses one to redact secrets from spans and events).
@@ -109,17 +113,29 @@ class BatchedWriter:
             self._thread = threading.Thread(target=self._run, name="synthhost-writer", daemon=True)
             self._thread.start()
 
-    def close(self, timeout: float = 10.0) -> bool:
-        """Flush and stop. Returns False if rows were still pending at the deadline."""
+    def close(self, timeout: float = 10.0, spool_dir: Path | None = None) -> bool:
+        """Flush and stop. If the database did not take every row by the deadline, the
+        rest is written to a spool file in ``spool_dir`` (replayed by the next host that
+        starts on the same spool directory) and False is returned."""
         ok = self.flush_sync(timeout)
         with self._cond:
             self._closing = True
+            if not ok:
+                self._abandon = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=max(0.1, timeout))
             self._thread = None
         if not ok:
-            log.error("writer closed with %d rows not committed", self.pending)
+            with self._cond:
+                items = [item for _, item in self._queue]
+                self._queue.clear()
+            if spool_dir is not None and items:
+                path = spool.write(spool_dir, items)
+                self.stats["rows_spooled"] += len(items)
+                log.error("database unavailable at shutdown: %d rows spooled to %s", len(items), path)
+            else:
+                log.error("writer closed with %d rows not committed", len(items))
         return ok
 
     # -- consumer side -------------------------------------------------------------------
@@ -142,6 +158,8 @@ class BatchedWriter:
             try:
                 self._write(batch)
             except sa.exc.OperationalError as exc:
+                if self._abandon:
+                    return  # close() spools what is left
                 self.stats["writer_retries"] += 1
                 log.warning("database unavailable, retrying %d rows: %s", len(batch), exc.orig)
                 time.sleep(backoff)
