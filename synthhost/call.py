@@ -8,8 +8,9 @@ completion *including* reasoning tokens.
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
@@ -20,9 +21,24 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def new_id() -> str:
-    """A 32-hex id: usable as an OpenTelemetry trace id and as a span id prefix."""
-    return uuid.uuid4().hex
+class _Ids:
+    """32-hex ids: 16 random hex per process (re-drawn after fork) + a 16-hex counter.
+    About ten times cheaper than ``uuid4().hex`` and unique across processes."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+new_id = _Ids()
+new_id.__doc__ = "A 32-hex id, usable as an OpenTelemetry trace id."
 
 
 @dataclass(slots=True)

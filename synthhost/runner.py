@@ -68,7 +68,8 @@ class RunState:
             self.tokens += int(span.attributes.get("usage", {}).get("total_tokens", 0) or 0)
             cost = span.attributes.get("cost_usd")
             if cost is None:
-                if span.status == "ok":
+                details = span.attributes.get("cost")
+                if isinstance(details, dict) and details.get("priced") is False:
                     self.unpriced_calls += 1
             else:
                 try:
@@ -82,7 +83,7 @@ class RunState:
     ) -> dict[str, Any]:
         attributes: dict[str, Any] = {"tokens": self.tokens, "calls": sum(s.kind == "call" for s in self.spans)}
         if self.priced_calls:
-            attributes["cost_usd"] = str(self.cost)
+            attributes["cost_usd"] = f"{self.cost:f}"
         if self.unpriced_calls:
             attributes["unpriced_calls"] = self.unpriced_calls
         return {
@@ -114,6 +115,7 @@ async def execute_call(host: Host, call: Call) -> Response:
     chain = host.chains.for_workspace(call.workspace)
     chains = host.chains
     while True:
+        response: Response | None = None
         try:
             response = await chains.pre_call(chain, call)
             if response is None:
@@ -124,6 +126,8 @@ async def execute_call(host: Host, call: Call) -> Response:
             await chains.post_call(chain, call, response)
             return response
         except Denied as denied:
+            if response is not None and not hasattr(denied, "response"):
+                denied.response = response  # type: ignore[attr-defined]  # the answer a guardrail rejected
             await chains.on_failure(chain, call, denied, call.attempt)
             raise
         except SynthhostError as err:

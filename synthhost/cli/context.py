@@ -31,10 +31,11 @@ async def open_host(**kwargs: Any) -> AsyncIterator[Host]:
 
 
 @contextlib.contextmanager
-def cli_host(migrate: bool = True) -> Iterator[Host]:
+def cli_host(migrate: bool = True, **kwargs: Any) -> Iterator[Host]:
     """A host for synchronous database commands (flags, reports): migrated, flags
-    loaded, no background threads."""
-    host = Host.from_env(load_entrypoints=True)
+    loaded, no background threads. ``kwargs`` go to :class:`Host` (``plugins=...``)."""
+    kwargs.setdefault("load_entrypoints", True)
+    host = Host.from_env(**kwargs)
     try:
         if migrate:
             if host.settings.auto_migrate:
