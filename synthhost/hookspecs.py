@@ -116,7 +116,9 @@ def register_exporters(register: RegisterExporter) -> None:
         in a worker thread) that raises :class:`synthhost.outbox.RetryableSendError` for
         failures worth retrying and :class:`synthhost.outbox.PermanentSendError` for a
         batch that will never be accepted (it is parked, not lost). ``event_types`` limits
-        which events are queued for it (``None``: all).
+        which events are queued for it (``None``: all). The factory may return ``None``
+        when the exporter is not configured in this host (no credentials): nothing is
+        queued for it. Optional tuning attributes: see :mod:`synthhost.outbox`.
 
     Delivery is at-least-once; a row is marked delivered only after ``send`` returned.
     Return value: ignored.

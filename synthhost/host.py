@@ -20,6 +20,7 @@ from synthhost.call import Call, Response, new_id
 from synthhost.chain import Chains
 from synthhost.errors import UnknownProvider
 from synthhost.flags import FlagStore
+from synthhost.outbox import OUTBOX_INSERT, OutboxWorker, outbox_rows
 from synthhost.plugins import PluginSet, running_under_tests
 from synthhost.registry import Provider, RegistrationError, Registry
 from synthhost.settings import Settings
@@ -144,8 +145,6 @@ class Host:
         self.writer.start()
         await anyio.to_thread.run_sync(self._replay_spool)
         if self.registry.exporters:
-            from synthhost.outbox import OutboxWorker
-
             self._outbox = OutboxWorker(self)
             self._outbox.start()
         self._started = True
@@ -234,10 +233,8 @@ class Host:
         }
         self.writer.submit_values(EVENTS, values)
         if self.registry.exporters:
-            from synthhost.outbox import outbox_rows
-
             for row in outbox_rows(self, values):
-                self.writer.submit(row)
+                self.writer.submit_values(OUTBOX_INSERT, row.values())
         for listener in self._on_emit:
             listener(values)
         self.stats[f"events.{event_type}"] += 1

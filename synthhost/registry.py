@@ -79,7 +79,8 @@ class Exporter(Protocol):
     def send(self, events: Sequence[Mapping[str, Any]]) -> None: ...
 
 
-ExporterFactory = Callable[["Host"], Exporter]
+# ``None``: not configured in this host (e.g. no credentials); nothing is queued for it.
+ExporterFactory = Callable[["Host"], Exporter | None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,71 @@
+"""synthhost plugin: forward events from the event_logs outbox to RudderStack.
+
+On whenever ``RUDDERSTACK_WRITE_KEY`` is set (see :mod:`synthhost_rudderstack.exporter`
+for every variable); a workspace opts out with the flag ``disable_rudderstack_export``.
+Every ``event_logs`` row of an active workspace becomes a ``track`` call: event name =
+event type, ``messageId`` = event id (redelivery is idempotent), user = the event's user
+(or ``anonymousId`` = the workspace), ``context.groupId`` = the workspace. Delivery,
+retries and parking are the host outbox's (``synthhost queue stats``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from synthhost import hookimpl
+from synthhost.registry import RegisterExporter, RegisterFlag, RegisterGate, RegisterHealthCheck, Stage
+from synthhost_rudderstack.exporter import Config, RudderStackExporter
+
+if TYPE_CHECKING:
+    from synthhost.host import Host
+
+NAME = "rudderstack"
+FLAG = "disable_rudderstack_export"
+
+
+def _gate(flags: Mapping[str, bool]) -> bool:
+    return not flags[FLAG]
+
+
+def make_exporter(host: Host) -> RudderStackExporter | None:
+    """The outbox calls this at start-up; ``None`` (no write key) queues nothing."""
+    config = Config.from_env(host.settings.env)
+    return RudderStackExporter(config) if config is not None else None
+
+
+@hookimpl
+def register_flags(register: RegisterFlag) -> None:
+    register(FLAG, False, "Stop forwarding this workspace's events to RudderStack.")
+
+
+@hookimpl
+def register_gate(register: RegisterGate) -> None:
+    register(_gate, order=Stage.TELEMETRY)
+
+
+@hookimpl
+def register_exporters(register: RegisterExporter) -> None:
+    register(NAME, make_exporter)
+
+
+def _health(host: Host) -> tuple[bool, str]:
+    config = Config.from_env(host.settings.env)
+    if config is None:
+        return True, "not configured (RUDDERSTACK_WRITE_KEY unset)"
+    from synthhost.outbox import queue_stats
+
+    stats = queue_stats(host.engine, [NAME])[NAME]
+    waiting = stats["pending"] + stats["retrying"] + stats["in_flight"]
+    detail = (
+        f"{config.data_plane_url}: {waiting} waiting, {stats['parked']} parked, "
+        f"oldest {stats['oldest_pending_age_s'] or 0:.0f}s"
+    )
+    if stats["last_error"] and (stats["parked"] or stats["retrying"]):
+        detail += f"; last error: {stats['last_error']}"
+    return stats["parked"] == 0 and stats["retrying"] == 0, detail
+
+
+@hookimpl
+def register_health_checks(register: RegisterHealthCheck) -> None:
+    register(NAME, _health)

@@ -1,0 +1,62 @@
+"""``synthhost queue stats|retry-parked``: the exporter outbox."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from synthhost.cli.context import cli_host
+from synthhost.errors import UsageError
+
+COLUMNS = ("pending", "retrying", "in_flight", "delivered", "parked")
+
+
+@click.group("queue")
+def queue_command() -> None:
+    """The outbox that feeds exporters (RudderStack...): what waits, what failed."""
+
+
+@queue_command.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def stats(as_json: bool) -> None:
+    """Per exporter: pending, retrying, in flight, delivered, parked, oldest pending age
+    and the last error."""
+    from synthhost.outbox import queue_stats
+
+    with cli_host() as host:
+        result = queue_stats(host.engine, host.registry.exporters)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    if not result:
+        click.echo("no exporters registered and nothing queued")
+        return
+    width = max(8, *(len(name) for name in result))
+    click.echo(f"{'exporter':<{width}}  " + "  ".join(f"{c:>9}" for c in COLUMNS) + "  oldest")
+    for name, row in sorted(result.items()):
+        age = row["oldest_pending_age_s"]
+        cells = "  ".join(f"{row[c]:>9}" for c in COLUMNS)
+        click.echo(f"{name:<{width}}  {cells}  {'-' if age is None else f'{age:.1f}s'}")
+        if row["last_error"]:
+            click.echo(f"{'':<{width}}  last error: {row['last_error']}")
+
+
+@queue_command.command("retry-parked")
+@click.option("--exporter", "-e", help="Only this exporter's parked rows.")
+def retry_parked_command(exporter: str | None) -> None:
+    """Put parked rows (refused by the receiver) back in the queue, due now."""
+    from synthhost.outbox import queue_stats, retry_parked
+
+    with cli_host() as host:
+        known = set(queue_stats(host.engine, host.registry.exporters))
+        if exporter is not None and exporter not in known:
+            from synthhost.flags import suggest
+
+            names = ", ".join(sorted(known)) or "none registered"
+            raise UsageError(
+                f"--exporter {exporter!r} is not a registered exporter{suggest(exporter, sorted(known))}"
+                f" (known: {names})"
+            )
+        count = retry_parked(host.engine, exporter)
+    click.echo(f"re-queued {count} parked row(s){f' for {exporter}' if exporter else ''}")
