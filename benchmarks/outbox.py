@@ -33,8 +33,8 @@ from typing import Any
 
 import anyio
 import sqlalchemy as sa
-import synthhost_rudderstack
 
+import synthhost_rudderstack
 from synthhost import Host
 from synthhost.outbox import OUTBOX, outbox_rows, queue_stats
 from synthhost.settings import Settings

@@ -67,9 +67,15 @@ class Request:
 
     @property
     def last_user_prompt(self) -> str:
+        """The last user message's text (text parts joined for list-form content)."""
         for message in reversed(self.messages):
-            if message.get("role") == "user" and isinstance(message.get("content"), str):
-                return cast(str, message["content"])
+            if message.get("role") != "user":
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
         return self.prompt
 
     def to_dict(self) -> dict[str, Any]:

@@ -197,7 +197,7 @@ class Chains:
 
     async def on_trace(self, trace: Trace) -> None:
         chain = self.for_workspace(trace.workspace)
-        kwargs = {"trace": trace}
+        kwargs = {"trace": trace, "host": self.host}
         for impl in chain.on_trace:
             try:
                 result = impl.function(*[kwargs[n] for n in impl.argnames])

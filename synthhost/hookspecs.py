@@ -210,8 +210,13 @@ def post_call(call: Call, response: Response) -> Awaitable[None] | None:
 
 @hookspec(firstresult=True)
 def on_failure(call: Call, error: BaseException, attempt: int) -> Recovery | None:
-    """After a failed attempt (provider error, timeout, or a ``post_call`` denial marked
-    retryable). Runs in stage order; the first non-``None`` answer wins.
+    """After every failed attempt: a provider error or timeout, and also a
+    :class:`synthhost.Denied` from ``pre_call`` or ``post_call`` (so plugins that charged
+    something earlier in the chain, such as the rate limiter, can take it back; a denied
+    call is never retried, whatever the answer). Runs in stage order; the first
+    non-``None`` answer wins, so observers (``Stage.SETTLE``, ``Stage.COST``) come first
+    and return ``None``. ``len(call.tried_routes) < attempt`` means the provider was not
+    called in this attempt.
 
     :param call: the call context.
     :param error: the exception; :class:`synthhost.ProviderError` carries ``code``,
@@ -226,12 +231,14 @@ def on_failure(call: Call, error: BaseException, attempt: int) -> Recovery | Non
 
 
 @hookspec
-def on_trace(trace: Trace) -> Awaitable[None] | None:
-    """When a run (or a stand-alone ``Host.complete`` call) has finished and its rows are
-    durable. Exporters forward it here; they must not block: queue, and export in the
-    background, unless the plugin documents a synchronous mode.
+def on_trace(trace: Trace, host: Host) -> Awaitable[None] | None:
+    """When a run (or a stand-alone ``Host.complete`` call) has finished. For agent runs
+    the rows are durable by then; a stand-alone call's rows are queued, not flushed (no
+    I/O on the call path). Exporters forward it here; they must not block: queue, and
+    export in the background, unless the plugin documents a synchronous mode.
 
     :param trace: the finished run with its spans and events.
+    :param host: the host that ran it (several hosts may share a process).
 
     Return value: ignored. Exceptions are isolated as for every call hook.
     """

@@ -235,7 +235,7 @@ class Host:
         if self.registry.exporters:
             for row in outbox_rows(self, values):
                 self.writer.submit_values(OUTBOX_INSERT, row.values())
-        for listener in self._on_emit:
+        for listener in tuple(self._on_emit):  # runs add and remove listeners concurrently
             listener(values)
         self.stats[f"events.{event_type}"] += 1
         return event_id

@@ -2,7 +2,7 @@
 
 ``SYNTHHOST_LOAD_PLUGINS`` is an allow-list of entry-point names (comma-separated); set
 but empty means "no installed plugins"; unset means all. Default plugins (the echo and
-OpenAI providers, default recovery) are always registered. Entry points are scanned once
+OpenAI providers, default recovery, the scheduler's flag) are always registered. Entry points are scanned once
 per process (cached) and loaded lazily when a host is built; loading is idempotent.
 """
 
@@ -24,6 +24,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "synthhost.default_plugins.echo",
     "synthhost.default_plugins.openai",
     "synthhost.default_plugins.recovery",
+    "synthhost.default_plugins.scheduler",
 )
 
 

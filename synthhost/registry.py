@@ -23,9 +23,12 @@ class Stage(IntEnum):
     comes *before* output guardrails (DESIGN.md had it after): the provider has charged
     for the tokens even when a guardrail then rejects the output, so the cost row must
     be written before a guardrail's ``Denied`` stops the chain.
-    ``on_failure``: observers (cost, rate-limit refunds) → others → default recovery.
+    ``on_failure``: observers (``SETTLE``: rate-limit refunds; cost) → others → default
+    recovery. ``SETTLE`` is also where the rate limiter corrects its token charge in
+    ``post_call``, before anything can reject the output.
     Leave gaps: third-party plugins pick any int in between."""
 
+    SETTLE = 50
     ROUTE = 100
     COST = 150
     POLICY = 200

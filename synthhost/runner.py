@@ -230,7 +230,13 @@ async def complete_standalone(host: Host, **kw: Any) -> Response:
     finally:
         ended = time.time()
         status = "error" if error or response is None else "ok"
-        host.writer.submit_values(RUNS, run.run_values(status, ended, None, error))
+        values = run.run_values(status, ended, None, error)
+        host.writer.submit_values(RUNS, values)
+        # Exporters (Langfuse through the outbox) pick the trace up from this event.
+        host.emit("run_finished", workspace=workspace, user=run.user, org=run.org, run_id=run.run_id,
+                  trace_id=run.trace_id, span_id=call.span_id, status="success" if status == "ok" else "error",
+                  latency_ms=(ended - run.started_at) * 1000, agent=run.agent, error_code=values["error_code"],
+                  cost_usd=values["attributes"].get("cost_usd"), tokens=run.tokens, standalone=True)
         if host.chains.for_workspace(workspace).on_trace:
             await host.chains.on_trace(build_trace(run, status, ended, None, error))
 

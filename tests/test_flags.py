@@ -38,7 +38,8 @@ async def test_workspace_beats_global_beats_default(make_host):
         flags.unset("track_model_costs", workspace="w1")
         assert flags.is_enabled("w1", "track_model_costs") is True
         sources = {s.name: s.source for s in flags.state("w1")}
-        assert sources == {"track_model_costs": "global", "enable_async_trace_export": "default"}
+        assert sources == {"track_model_costs": "global", "enable_async_trace_export": "default",
+                           "enable_cron_backoff": "default"}
 
 
 async def test_unknown_flag_is_refused_with_a_suggestion(make_host):

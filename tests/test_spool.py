@@ -23,7 +23,8 @@ async def test_rows_survive_a_database_outage_at_shutdown(make_host, tmp_path):
         host.emit("important", workspace="w", n=1)
     files = spool.pending(host.settings.spool_dir)
     assert len(files) == 1
-    assert host.stats["rows_spooled"] == 5 * 2 + 1  # run + span per call, and the event
+    # Per call: its run row, its span and its run_finished event; plus the extra event.
+    assert host.stats["rows_spooled"] == 5 * 3 + 1
     real_engine.dispose()
 
     again = make_host()
@@ -32,4 +33,5 @@ async def test_rows_survive_a_database_outage_at_shutdown(make_host, tmp_path):
         assert again.count("spans", kind="call") == 5
         assert again.count("runs") == 5
         assert again.count("event_logs", event_type="important") == 1
+        assert again.count("event_logs", event_type="run_finished") == 5
     assert spool.pending(again.settings.spool_dir) == []

@@ -55,18 +55,14 @@ def _attach() -> None:
 
     for command in (flags.flags, db.db, traces.traces, plugins.plugins_command, plugins.health):
         cli.add_command(command)
-    try:
-        from synthhost.cli.run import run_command
-    except ImportError:  # pragma: no cover - during development
-        pass
-    else:
-        cli.add_command(run_command, "run")
-    try:
-        from synthhost.cli.queue import queue_command
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        cli.add_command(queue_command, "queue")
+    from synthhost.cli.run import run_command
+
+    cli.add_command(run_command, "run")
+    from synthhost.cli.queue import queue_command
+    from synthhost.cli.schedule import schedule_command
+
+    cli.add_command(queue_command, "queue")
+    cli.add_command(schedule_command, "schedule")
     # Plugin commands: the same plugin set a host would load.
     # Plugin commands come from the same plugin set a host would load (allow-list
     # honoured), even under tests: commands are inert until invoked.

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import synthhost_cost
-from synthhost_cost.models import COST_LOGS
 
+import synthhost_cost
 from synthhost import Host, ProviderError, Usage, hookimpl
 from synthhost.call import Call, Request, Response
 from synthhost.providers.echo import EchoProvider
+from synthhost_cost.models import COST_LOGS
 
 
 class SimProvider:

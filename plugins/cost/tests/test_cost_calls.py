@@ -10,13 +10,13 @@ from typing import Any
 import anyio
 import pytest
 import sqlalchemy as sa
-import synthhost_cost
-from synthhost_cost.pricing import Override
-from synthhost_cost.store import make_override, save_override
 
+import synthhost_cost
 from synthhost import Denied, ErrorCode, ProviderError, Recovery, Response, Stage, hookimpl
 from synthhost.agent import AgentSpec, Step
 from synthhost.storage import db
+from synthhost_cost.pricing import Override
+from synthhost_cost.store import make_override, save_override
 
 pytestmark = pytest.mark.anyio
 

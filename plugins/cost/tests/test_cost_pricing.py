@@ -10,12 +10,12 @@ import genai_prices
 import pytest
 from genai_prices import types as gp
 from genai_prices.data import providers
+
+from synthhost.errors import UsageError
 from synthhost_cost import pricing
 from synthhost_cost.pricing import Override, PriceBook, PricingError, compile_plan, genai_usage
 from synthhost_cost.report import parse_since
 from synthhost_cost.store import make_override
-
-from synthhost.errors import UsageError
 
 
 def _prices() -> list[tuple[str, str, gp.ModelPrice]]:

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from synthhost_cost import register_commands
-from synthhost_cost.report import TOKEN_FIELDS, GroupBy, Totals, cost_report
 
 from synthhost import ProviderError, Recovery, hookimpl
+from synthhost_cost import register_commands
+from synthhost_cost.report import TOKEN_FIELDS, GroupBy, Totals, cost_report
 
 pytestmark = pytest.mark.anyio
 

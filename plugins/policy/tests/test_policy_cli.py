@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from synthhost_policy.cli import policy
 
 from synthhost.cli import Group
+from synthhost_policy.cli import policy
 
 root = Group("synthhost")
 root.add_command(policy)

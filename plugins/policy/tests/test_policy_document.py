@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from synthhost_policy.document import PolicyFileError, load_policy_file, parse_policy
 
 GOOD = """\

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
+from synthhost.call import Request
 from synthhost_policy import pricing
 from synthhost_policy.document import GLOBAL, parse_policy
 from synthhost_policy.engine import Outcome, Plan, compile_set, evaluate
-
-from synthhost.call import Request
 
 
 @dataclass

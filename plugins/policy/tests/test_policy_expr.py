@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cel
 import pytest
+
 from synthhost_policy.expr import KNOWN_FUNCTIONS, ExprError, compile_condition, tokenize
 
 

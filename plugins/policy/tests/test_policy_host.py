@@ -13,17 +13,17 @@ from typing import Any
 import anyio
 import pytest
 import sqlalchemy as sa
-import synthhost_policy
-from synthhost_policy import apply_policy, remove_policy, runtime
-from synthhost_policy.document import PolicyFileError
-from synthhost_policy.models import AUDIT, SETS
-from synthhost_policy.store import history
 
+import synthhost_policy
 from synthhost import Denied, ErrorCode, hookimpl
 from synthhost.errors import UsageError
 from synthhost.host import Host
 from synthhost.providers.echo import EchoProvider
 from synthhost.registry import RegisterProvider
+from synthhost_policy import apply_policy, remove_policy, runtime
+from synthhost_policy.document import PolicyFileError
+from synthhost_policy.models import AUDIT, SETS
+from synthhost_policy.store import history
 
 pytestmark = pytest.mark.anyio
 

@@ -7,8 +7,8 @@ import time
 
 import anyio
 import pytest
-import synthhost_rudderstack
 
+import synthhost_rudderstack
 from synthhost.agent import parse_agent
 from synthhost.outbox import queue_stats
 

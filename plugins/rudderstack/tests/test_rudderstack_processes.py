@@ -10,8 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import synthhost_rudderstack
 
+import synthhost_rudderstack
 from synthhost.outbox import queue_stats
 
 EVENTS_PER_PROCESS = 5000

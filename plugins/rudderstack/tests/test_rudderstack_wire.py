@@ -8,11 +8,11 @@ from datetime import datetime
 
 import anyio
 import pytest
-import synthhost_rudderstack
-from synthhost_rudderstack.exporter import Config
 
+import synthhost_rudderstack
 from synthhost.errors import UsageError
 from synthhost.outbox import queue_stats
+from synthhost_rudderstack.exporter import Config
 
 pytestmark = pytest.mark.anyio
 

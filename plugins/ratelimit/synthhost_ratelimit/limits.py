@@ -1,0 +1,163 @@
+"""What a rate-limit decision is about: scopes, their limits, and the answer.
+
+Both backends (Redis Lua and in process) take the same inputs and give the same
+:class:`Decision`, to the microsecond: times are integer microseconds throughout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Literal, Protocol
+from urllib.parse import quote
+
+SCOPES: tuple[str, ...] = ("user", "workspace", "org", "agent", "model", "global")
+"""Every scope, in the order decisions check them (ties between refusing scopes go to
+the first)."""
+
+UNLIMITED = -1
+NEVER = -1
+"""``retry_us`` when waiting cannot help (a limit of 0, or one call bigger than the limit)."""
+
+Kind = Literal["requests", "tokens", "unavailable"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One scope's limits: at most ``requests`` calls and ``tokens`` tokens in any
+    ``window_s`` seconds (sliding). ``None`` means unlimited."""
+
+    requests: int | None = None
+    tokens: int | None = None
+    window_s: float = 60.0
+
+    @property
+    def unlimited(self) -> bool:
+        return self.requests is None and self.tokens is None
+
+    @property
+    def window_us(self) -> int:
+        return max(1, round(self.window_s * 1_000_000))
+
+    def describe(self) -> str:
+        req = "∞" if self.requests is None else str(self.requests)
+        tok = "∞" if self.tokens is None else str(self.tokens)
+        return f"{req} req / {tok} tok per {self.window_s:g}s"
+
+
+DEFAULT_LIMITS: Mapping[str, Limit] = {
+    # The original's per-minute defaults; agent, model and global are unlimited.
+    "user": Limit(requests=60),
+    "workspace": Limit(requests=500),
+    "org": Limit(requests=1000),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeCheck:
+    """One applicable scope of one call: the counter ``key`` (without the backend's
+    prefix) and the limits to check it against."""
+
+    scope: str
+    key: str
+    requests: int
+    tokens: int
+    window_us: int
+
+    @classmethod
+    def of(cls, scope: str, key: str, limit: Limit) -> ScopeCheck:
+        return cls(
+            scope,
+            key,
+            UNLIMITED if limit.requests is None else limit.requests,
+            UNLIMITED if limit.tokens is None else limit.tokens,
+            limit.window_us,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer for one call. On refusal, ``scope``/``kind``/``limit`` name the scope
+    that must wait longest and ``retry_us`` how long (``NEVER`` if waiting cannot help).
+    ``usage`` is ``(requests, tokens)`` per checked scope, after the decision (tokens
+    -1 where the scope has no token limit: Redis keeps no running sum there)."""
+
+    allowed: bool
+    now_us: int = 0
+    scope: str | None = None
+    kind: Kind | None = None
+    limit: int | None = None
+    window_s: float | None = None
+    retry_us: int | None = None
+    usage: tuple[tuple[int, int], ...] = ()
+    degraded: bool = False
+    duplicate: bool = False
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds to wait, or ``None`` when waiting cannot help."""
+        if self.retry_us is None or self.retry_us == NEVER:
+            return None
+        return self.retry_us / 1_000_000
+
+
+def refused(checks: Sequence[ScopeCheck], now: int, index: int, kind: int, retry: int,
+            usage: tuple[tuple[int, int], ...]) -> Decision:
+    """Build a refusal from the backend's (1-based scope index, kind code, retry µs)."""
+    check = checks[index - 1]
+    k: Kind = "requests" if kind == 1 else "tokens"
+    return Decision(
+        allowed=False,
+        now_us=now,
+        scope=check.scope,
+        kind=k,
+        limit=check.requests if kind == 1 else check.tokens,
+        window_s=check.window_us / 1_000_000,
+        retry_us=retry,
+        usage=usage,
+    )
+
+
+class Limiter(Protocol):
+    """What both backends offer. ``member`` identifies one reservation (unique per call
+    attempt); ``weight`` is its token charge."""
+
+    async def acquire(self, checks: Sequence[ScopeCheck], member: str, weight: int) -> Decision: ...
+
+    async def settle(self, checks: Sequence[ScopeCheck], member: str, old: int, new: int) -> int: ...
+
+    async def release(self, checks: Sequence[ScopeCheck], member: str, weight: int) -> int: ...
+
+    async def usage(self, checks: Sequence[ScopeCheck]) -> list[tuple[int, int]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@lru_cache(maxsize=65536)
+def _q(part: str) -> str:
+    # Ids may hold ':' or glob characters; keep keys unambiguous and SCAN-safe.
+    return quote(part, safe="-_.@")
+
+
+def scope_key(scope: str, workspace: str, ident: str | None = None) -> str:
+    """The counter key for a scope. workspace/user/agent/model counters belong to one
+    workspace; org counters are shared by the org's workspaces; global by everyone."""
+    if scope == "global":
+        return "global"
+    if scope == "org":
+        return f"org:{_q(ident or '')}"
+    if scope == "workspace":
+        return f"ws:{_q(workspace)}"
+    return f"ws:{_q(workspace)}:{scope}:{_q(ident or '')}"
+
+
+@dataclass(slots=True)
+class ResolvedLimits:
+    """Effective limits for one workspace: defaults < global ('*') rows < its rows."""
+
+    by_scope: dict[str, Limit] = field(default_factory=dict)
+
+    def get(self, scope: str) -> Limit | None:
+        limit = self.by_scope.get(scope)
+        return None if limit is None or limit.unlimited else limit

@@ -1,0 +1,283 @@
+"""Per-workspace reference libraries, kept in step with ``prompt_references``.
+
+Each workspace gets its own :class:`~synthhost_similarity.index.VectorIndex` (strict
+tenant isolation: a search only ever sees its own workspace's rows), loaded lazily on
+first use. Prompts this process adds go into the index at once; other processes'
+prompts arrive through :meth:`ReferenceStore.refresh`, at most every ``refresh_s``:
+
+- Rows are read incrementally by ``created_at``. Ids are made and ``created_at`` is
+  stamped by the writing process before its batched writer commits, so a row can become
+  visible after rows stamped later: each refresh re-reads an overlap window
+  (``overlap_s``, default 15 s) behind the newest row seen, fetching only the ids first
+  and the vectors of the ids it does not know yet.
+- Removing a reference (``known rm``) bumps the workspace's ``epoch`` in
+  ``similarity_settings``; a process that sees a new epoch rebuilds the index.
+- The same query round reads the workspace's threshold and action.
+
+Blocking database work: call :meth:`refresh` from a worker thread, never the event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from synthhost_similarity.embedders import Vector
+from synthhost_similarity.index import EXACT_LIMIT, Match, VectorIndex
+from synthhost_similarity.models import (
+    LOG_REFERENCE_TEXT_CAP,
+    PromptReference,
+    SimilaritySettings,
+)
+
+log = logging.getLogger("synthhost.similarity")
+
+LOAD_BATCH = 2_000
+REFS = PromptReference.__table__  # type: ignore[attr-defined]
+SETTINGS = SimilaritySettings.__table__  # type: ignore[attr-defined]
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """What the index keeps per row: enough to log a match without a database read."""
+
+    id: str
+    kind: str
+    preview: str
+
+
+@dataclass
+class WorkspaceLibrary:
+    workspace: str
+    index: VectorIndex[Ref] | None = None
+    ids: set[str] = field(default_factory=set)
+    hashes: set[str] = field(default_factory=set)
+    watermark: datetime | None = None
+    epoch: int = 0
+    threshold: Decimal | None = None
+    action: str | None = None
+    loaded: bool = False
+    next_refresh: float = 0.0
+    exact_limit: int = EXACT_LIMIT
+    keep_recent_s: float = 15.0
+    growing: bool = False  # a GrowJob is queued for this library's index
+    # Rows this process added lately: their commit may trail a full reload, which must
+    # not drop them from the index.
+    recent: deque[tuple[float, Ref, str, Vector]] = field(default_factory=deque)
+    refresh_lock: threading.Lock = field(default_factory=threading.Lock)
+    mutate_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __len__(self) -> int:
+        return len(self.index) if self.index is not None else 0
+
+    def search(self, vector: Vector, threshold: float | None = None) -> Match[Ref] | None:
+        index = self.index
+        if index is None or index.dim != vector.shape[-1]:
+            return None
+        return index.search(vector, threshold=threshold)
+
+    def add(self, ref: Ref, text_hash: str, vector: Vector) -> bool:
+        """Index a row this process has just queued; False if already indexed."""
+        with self.mutate_lock:
+            now = time.monotonic()
+            self.recent.append((now, ref, text_hash, vector))
+            while self.recent and self.recent[0][0] < now - self.keep_recent_s:
+                self.recent.popleft()
+            return self._add(ref, text_hash, vector)
+
+    def _add(self, ref: Ref, text_hash: str, vector: Vector) -> bool:
+        if ref.id in self.ids:
+            return False
+        if self.index is None:
+            self.index = VectorIndex(int(vector.shape[-1]), exact_limit=self.exact_limit)
+        elif self.index.dim != vector.shape[-1]:
+            return False
+        self.ids.add(ref.id)
+        self.hashes.add(text_hash)
+        self.index.add(vector, ref)
+        return True
+
+    def replace(self, fresh: WorkspaceLibrary, epoch: int) -> None:
+        """Take a freshly loaded library's contents (holders of ``self`` see them), and
+        keep this process's recent additions that the load did not see yet."""
+        with self.mutate_lock:
+            self.index, self.ids, self.hashes = fresh.index, fresh.ids, fresh.hashes
+            self.watermark, self.epoch, self.loaded = fresh.watermark, epoch, True
+            for _, ref, digest, vector in self.recent:
+                self._add(ref, digest, vector)
+
+
+class ReferenceStore:
+    def __init__(
+        self,
+        engine: Engine,
+        embedder_name: str,
+        *,
+        refresh_s: float = 1.0,
+        overlap_s: float = 15.0,
+        exact_limit: int | None = None,
+    ) -> None:
+        self.engine = engine
+        self.embedder_name = embedder_name
+        self.refresh_s = refresh_s
+        self.overlap = timedelta(seconds=overlap_s)
+        self.exact_limit = EXACT_LIMIT if exact_limit is None else exact_limit
+        self._libraries: dict[str, WorkspaceLibrary] = {}
+        self._lock = threading.Lock()
+
+    def library(self, workspace: str) -> WorkspaceLibrary:
+        lib = self._libraries.get(workspace)
+        if lib is None:
+            with self._lock:
+                lib = self._libraries.setdefault(workspace, self._new_library(workspace))
+        return lib
+
+    def _new_library(self, workspace: str) -> WorkspaceLibrary:
+        return WorkspaceLibrary(workspace, exact_limit=self.exact_limit, keep_recent_s=self.overlap.total_seconds())
+
+    def needs_refresh(self, workspace: str) -> bool:
+        lib = self._libraries.get(workspace)
+        return lib is None or not lib.loaded or time.monotonic() >= lib.next_refresh
+
+    def workspaces(self) -> list[str]:
+        return list(self._libraries)
+
+    # -- database side (blocking) -------------------------------------------------------
+
+    def refresh(self, workspace: str, *, force: bool = False) -> WorkspaceLibrary:
+        """Bring a workspace's library up to date with the tables (if due). A failed
+        refresh of a loaded library keeps serving what it has (and retries after the
+        interval); a library that never loaded raises."""
+        lib = self.library(workspace)
+        with lib.refresh_lock:  # concurrent callers wait for one refresh, then skip
+            if not force and lib.loaded and time.monotonic() < lib.next_refresh:
+                return lib
+            try:
+                self._refresh_locked(lib)
+            except Exception as exc:
+                if not lib.loaded:
+                    raise
+                log.warning("similarity refresh of %s failed: %s", workspace, exc)
+            lib.next_refresh = time.monotonic() + self.refresh_s
+            return lib
+
+    def _refresh_locked(self, lib: WorkspaceLibrary) -> None:
+        workspace = lib.workspace
+        with self.engine.connect() as conn:
+            settings = conn.execute(
+                sa.select(SETTINGS.c.threshold, SETTINGS.c.action, SETTINGS.c.epoch).where(
+                    SETTINGS.c.workspace_id == workspace
+                )
+            ).first()
+            epoch = int(settings.epoch) if settings is not None else 0
+            if not lib.loaded or epoch != lib.epoch:
+                lib.replace(self._load(conn, workspace), epoch)
+            else:
+                self._load_new(conn, lib)
+        if settings is None:
+            lib.threshold, lib.action = None, None
+        else:
+            threshold = settings.threshold
+            lib.threshold = Decimal(threshold) if threshold is not None else None
+            lib.action = settings.action
+
+    def _columns(self) -> list[sa.ColumnElement[object]]:
+        t = REFS
+        return [
+            t.c.id,
+            t.c.kind,
+            sa.func.substr(t.c.text, 1, LOG_REFERENCE_TEXT_CAP).label("preview"),
+            t.c.text_hash,
+            t.c.dim,
+            t.c.vector,
+            t.c.created_at,
+        ]
+
+    def _where(self, workspace: str) -> sa.ColumnElement[bool]:
+        t = REFS
+        return sa.and_(t.c.workspace_id == workspace, t.c.embedder == self.embedder_name)
+
+    def _load(self, conn: sa.Connection, workspace: str) -> WorkspaceLibrary:
+        t = REFS
+        lib = self._new_library(workspace)
+        query = (
+            sa.select(*self._columns())
+            .where(self._where(workspace))
+            .order_by(t.c.created_at, t.c.id)
+            .execution_options(yield_per=LOAD_BATCH)
+        )
+        for rows in _batches(conn.execute(query)):
+            self._ingest(lib, rows)
+        return lib
+
+    def _load_new(self, conn: sa.Connection, lib: WorkspaceLibrary) -> None:
+        t = REFS
+        where = self._where(lib.workspace)
+        if lib.watermark is not None:
+            where = sa.and_(where, t.c.created_at >= lib.watermark - self.overlap)
+        recent = conn.execute(sa.select(t.c.id).where(where)).scalars().all()
+        unknown = [i for i in recent if i not in lib.ids]
+        for start in range(0, len(unknown), 500):
+            chunk = unknown[start : start + 500]
+            rows = conn.execute(
+                sa.select(*self._columns()).where(t.c.id.in_(chunk)).order_by(t.c.created_at, t.c.id)
+            ).all()
+            self._ingest(lib, rows)
+
+    def _ingest(self, lib: WorkspaceLibrary, rows: Sequence[Any]) -> None:
+        with lib.mutate_lock:  # local adds may run at the same time (event loop)
+            self._ingest_locked(lib, rows)
+
+    def _ingest_locked(self, lib: WorkspaceLibrary, rows: Sequence[Any]) -> None:
+        vectors: list[bytes] = []
+        refs: list[Ref] = []
+        dim = lib.index.dim if lib.index is not None else None
+        for row in rows:
+            created = _aware(row.created_at)
+            if lib.watermark is None or created > lib.watermark:
+                lib.watermark = created
+            if row.id in lib.ids:
+                continue
+            if dim is None:
+                dim = int(row.dim)
+            if int(row.dim) != dim or len(row.vector) != dim * 4:
+                continue  # another dimension of the same embedder name: not comparable
+            lib.ids.add(row.id)
+            lib.hashes.add(row.text_hash)
+            refs.append(Ref(row.id, row.kind, row.preview or ""))
+            vectors.append(bytes(row.vector))
+        if not refs or dim is None:
+            return
+        matrix = np.frombuffer(b"".join(vectors), dtype="<f4").astype(np.float32).reshape(-1, dim)
+        if lib.index is None:
+            lib.index = VectorIndex(dim, capacity=max(256, len(refs)), exact_limit=lib.exact_limit)
+        lib.index.add_many(matrix, refs)
+
+
+def _batches(result: sa.CursorResult[Any]) -> Iterator[Sequence[Any]]:
+    while True:
+        rows = result.fetchmany(LOAD_BATCH)
+        if not rows:
+            return
+        yield rows
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes for DateTime(timezone=True) columns.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
