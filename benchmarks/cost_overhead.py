@@ -28,12 +28,12 @@ from typing import Any
 
 import anyio
 import genai_prices
-import synthhost_cost
-from synthhost_cost.pricing import Override, genai_usage
 
+import synthhost_cost
 from synthhost import Host, Request, Response, Usage
 from synthhost.call import Call
 from synthhost.settings import Settings
+from synthhost_cost.pricing import Override, genai_usage
 
 CASES: list[tuple[str, str, str, tuple[int, int, int, int, int]]] = [
     ("openai gpt-4o-mini", "openai", "gpt-4o-mini", (1_000, 0, 0, 500, 0)),

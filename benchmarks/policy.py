@@ -20,11 +20,10 @@ import statistics
 import time
 from typing import Any
 
+from synthhost.call import Call, Request
 from synthhost_policy import pricing
 from synthhost_policy.document import parse_policy
 from synthhost_policy.engine import Plan, compile_set, evaluate
-
-from synthhost.call import Call, Request
 
 RULES = [
     ("deny-banned-user", 'user.id == "banned-user"', "block"),
