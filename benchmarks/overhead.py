@@ -10,7 +10,11 @@ Overhead = time inside ``Host.complete`` minus time inside the provider.
     uv run python benchmarks/overhead.py --plugins all --json
 
 ``--plugins`` loads those installed plugins and switches on every flag they declare
-(except ``disable_*`` ones) for the benchmark workspace. Prints figures; asserts nothing.
+(except ``disable_*`` ones) for the benchmark workspace. So that every call goes the
+whole way, each prompt is unique (a counter), similarity acts by flagging, and the rate
+limits are raised far above what the run needs (the checks still run). Without
+``REDIS_URL`` the rate limiter runs in process; set it to measure the Redis path.
+Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -65,10 +69,12 @@ def summary(wall: list[float], overhead: list[float], elapsed: float) -> dict[st
 
 
 async def bench(plugins: str, warmup: int, count: int, concurrency: int, url: str) -> dict[str, Any]:
-    env = {**os.environ, "DATABASE_URL": url, "SYNTHHOST_LOAD_PLUGINS": "" if plugins == "none" else (
-        os.environ.get("SYNTHHOST_LOAD_PLUGINS", "") if plugins == "all" else plugins)}
+    env = {**os.environ, "DATABASE_URL": url, "SYNTHHOST_LOAD_PLUGINS": "" if plugins == "none" else plugins,
+           "SYNTHHOST_SIMILARITY_ACTION": "flagged"}
     if plugins == "all":
         env.pop("SYNTHHOST_LOAD_PLUGINS")
+    if "ratelimit" in plugins or plugins == "all":
+        _raise_limits(env)
     host = Host(Settings.from_env(env), load_entrypoints=True)
     workspace = "bench"
     async with host:
@@ -77,12 +83,15 @@ async def bench(plugins: str, warmup: int, count: int, concurrency: int, url: st
                 host.flags.set(name, True, workspace=workspace)
         timed = Timed(host.provider("echo"))
         host._providers["echo"] = timed  # type: ignore[assignment]
-        messages = [{"role": "user", "content": "Summarise the quarterly report in three bullet points."}]
+        counter = iter(range(10**9))
 
         async def one() -> tuple[float, float]:
+            n = next(counter)
+            messages = [{"role": "user", "content": f"Summarise quarterly report #{n} in three bullet points."}]
             before = timed.spent
             started = time.perf_counter()
-            await host.complete(model="echo/gpt-4o-mini", messages=messages, workspace=workspace)
+            await host.complete(model="echo/gpt-4o-mini", messages=messages, workspace=workspace,
+                                user=f"user-{n % 50}")
             wall = time.perf_counter() - started
             return wall, wall - (timed.spent - before)
 
@@ -125,6 +134,19 @@ async def bench(plugins: str, warmup: int, count: int, concurrency: int, url: st
         f"concurrent_{concurrency}": concurrent, "final_flush_ms": round(flush_ms, 1),
         "rows_committed": host.stats["rows_committed"], "plugin_errors": host.stats["plugin_errors"],
     }
+
+
+def _raise_limits(env: dict[str, str]) -> None:
+    """Limits far above the run: every scope is still checked on every call."""
+    from click.testing import CliRunner
+
+    from synthhost.cli import cli
+
+    for scope in ("user", "workspace", "org", "global"):
+        result = CliRunner().invoke(cli, ["ratelimit", "set", "--workspace", "bench", "--scope", scope,
+                                          "--requests", "100000000", "--tokens", "none"], env=env)
+        if result.exit_code != 0:
+            raise SystemExit(f"could not raise the {scope} limit: {result.output}")
 
 
 def main() -> None:

@@ -184,6 +184,8 @@ class SimilarityService:
         )
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._refresh_stop = threading.Event()
+        self._refresher: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -192,10 +194,19 @@ class SimilarityService:
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="synthhost-similarity", daemon=True)
             self._thread.start()
+        if self._refresher is None:
+            self._refresh_stop.clear()
+            self._refresher = threading.Thread(target=self._refresh_loop, name="synthhost-similarity-refresh",
+                                               daemon=True)
+            self._refresher.start()
 
     def stop(self, timeout: float) -> bool:
         """Finish the queued work (bounded by ``timeout``) and stop the thread."""
         self._stopped = True
+        self._refresh_stop.set()
+        refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            refresher.join(timeout)
         thread, self._thread = self._thread, None
         if thread is None:
             return True
@@ -223,10 +234,11 @@ class SimilarityService:
             return
         started = time.perf_counter()
         workspace = call.workspace
-        if self.store.needs_refresh(workspace):
-            # First use loads the library; later refreshes are small incremental reads.
-            await anyio.to_thread.run_sync(self.store.refresh, workspace)
         library = self.store.library(workspace)
+        if not library.loaded:
+            # First use loads the library; after that the refresher thread keeps it in
+            # step with the table, never the call path.
+            await anyio.to_thread.run_sync(self.store.refresh, workspace)
         vector = (await self.embedder.aembed([prompt]))[0]
         outcome = self.evaluate(library, vector, text_hash(prompt), acting=True, started=started)
         call.stash[CHECKED] = outcome
@@ -255,6 +267,17 @@ class SimilarityService:
                 reference_kind=ref.kind,
                 log_id=outcome.log_id,
             )
+
+    def _refresh_loop(self) -> None:
+        """Keep every loaded workspace's library in step with the table (other
+        processes' prompts, known-prompt removals, settings), every refresh interval."""
+        while not self._refresh_stop.wait(self.store.refresh_s):
+            for workspace in self.store.workspaces():
+                if self.store.library(workspace).loaded and self.store.needs_refresh(workspace):
+                    try:
+                        self.store.refresh(workspace)
+                    except Exception as exc:  # a loaded library keeps serving
+                        log.warning("similarity refresh of %s failed: %s", workspace, exc)
 
     # -- logging only (off the call path) -------------------------------------------------
 

@@ -231,8 +231,15 @@ class ReferenceStore:
         where = self._where(lib.workspace)
         if lib.watermark is not None:
             where = sa.and_(where, t.c.created_at >= lib.watermark - self.overlap)
-        recent = conn.execute(sa.select(t.c.id).where(where)).scalars().all()
-        unknown = [i for i in recent if i not in lib.ids]
+        recent = conn.execute(sa.select(t.c.id, t.c.created_at).where(where)).all()
+        unknown = [row.id for row in recent if row.id not in lib.ids]
+        if recent:
+            # Advance past rows this process indexed itself too, or the window would
+            # grow with every prompt this process adds.
+            newest = max(_aware(row.created_at) for row in recent)
+            with lib.mutate_lock:
+                if lib.watermark is None or newest > lib.watermark:
+                    lib.watermark = newest
         for start in range(0, len(unknown), 500):
             chunk = unknown[start : start + 500]
             rows = conn.execute(

@@ -33,6 +33,13 @@ MakeHost = Callable[..., Host]
 FAST = {"SYNTHHOST_SIMILARITY_REFRESH_S": "0.1"}
 
 
+async def eventually(condition: Any, timeout: float = 10.0) -> None:
+    """Wait for a background refresh (bounded; no timing assertion)."""
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.02)
+
+
 def rows(host: Host, table: sa.Table, **where: Any) -> list[Any]:
     query = sa.select(table)
     for key, value in where.items():
@@ -251,7 +258,9 @@ async def test_similarity_hosts_on_one_database_see_each_others_prompts(
         await ask(one, "Summarize the following article in three bullet points.")
         await one.writer.flush()
         await two.writer.flush()
-        await anyio.sleep(0.15)  # > SYNTHHOST_SIMILARITY_REFRESH_S
+        # Within the refresh interval each host's refresher picks up the other's prompt.
+        await eventually(lambda: len(service_for(two).store.library("w1").ids) == 2)
+        await eventually(lambda: len(service_for(one).store.library("w1").ids) == 2)
         with pytest.raises(Denied) as by_two:
             await ask(two, "Summarise the following article in three bullet points")
         with pytest.raises(Denied) as by_one:
@@ -280,8 +289,9 @@ async def test_similarity_removed_known_prompt_stops_matching_everywhere(
         assert known_id in service_for(two).store.library("w1").ids
 
         admin.remove_known(one.engine, "w1", known_id)  # as the CLI would
-        await anyio.sleep(0.15)
-        await ask(two, PROMPT)  # the next check refreshes: new epoch, index rebuilt
+        # The refresher sees the new epoch and rebuilds the index.
+        await eventually(lambda: known_id not in service_for(two).store.library("w1").ids)
+        await ask(two, PROMPT)
         library = service_for(two).store.library("w1")
         assert known_id not in library.ids
         # What this host added itself survives the rebuild, committed or not.
