@@ -1,0 +1,276 @@
+"""synthhost plugin: validate prompts before the provider and answers before the caller.
+
+Gate: flag ``enable_guardrails_ai`` (default off). ``pre_call`` at ``Stage.GUARD_INPUT``
+(after route, policy and rate limit), ``post_call`` at ``Stage.GUARD_OUTPUT`` (after the
+cost plugin, so a rejected answer is still costed). Fail-closed: a crash here denies the
+call with ``PLUGIN_ERROR`` rather than letting it through unchecked.
+
+Each workspace runs its guard set (see :mod:`synthhost_guardrails.guardset`), else the
+global one, else the built-in default (mask secrets in prompts and answers). Every
+violation goes on the call's span (``guardrails.violations``, ``guardrails.set``) and
+out as a ``guardrail_violation`` event naming the validator, where, the action and the
+kinds found (never the text). ``exception`` denies with ``GUARDRAIL_VIOLATION``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from synthhost import hookimpl
+from synthhost.errors import Denied, ErrorCode
+from synthhost.registry import RegisterFlag, RegisterGate, RegisterHealthCheck, RegisterMigrations, Stage
+from synthhost_guardrails.engine import Outcome, Violation, check_input, check_output
+from synthhost_guardrails.guardset import (
+    DEFAULT,
+    DEFAULT_DOCUMENT,
+    GuardSetError,
+    GuardSetSpec,
+    Pipeline,
+    load_file,
+    load_text,
+)
+from synthhost_guardrails.guardset import compile_spec as compile_guard_set
+from synthhost_guardrails.guardset import document as document_of
+from synthhost_guardrails.runtime import GuardRuntime
+from synthhost_guardrails.store import GLOBAL, ApplyResult, apply_document, remove, target_workspace
+
+if TYPE_CHECKING:
+    import click
+
+    from synthhost.call import Call, Response
+    from synthhost.host import Host
+
+FLAG = "enable_guardrails_ai"
+EVENT = "guardrail_violation"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+log = logging.getLogger("synthhost.guardrails")
+
+_runtimes: weakref.WeakKeyDictionary[Host, GuardRuntime] = weakref.WeakKeyDictionary()
+
+
+def runtime(host: Host) -> GuardRuntime:
+    """This host's guard runtime (created, and loaded, on first use)."""
+    rt = _runtimes.get(host)
+    if rt is None:
+        env = host.settings.env
+        refresh = float(env.get("SYNTHHOST_GUARDRAILS_REFRESH_S") or host.settings.flag_refresh_s)
+        rt = _runtimes[host] = GuardRuntime(host.engine, refresh)
+        weakref.finalize(host, rt.stop)  # a host dropped without stop() ends its poller
+        rt.reload()
+    return rt
+
+
+# -- registration ---------------------------------------------------------------------------
+
+
+@hookimpl
+def register_flags(register: RegisterFlag) -> None:
+    register(FLAG, default=False, description="Validate prompts and answers with the workspace's guard set.")
+
+
+@hookimpl
+def register_gate(register: RegisterGate) -> None:
+    register(FLAG, order={"pre_call": Stage.GUARD_INPUT, "post_call": Stage.GUARD_OUTPUT}, fail_closed=True)
+
+
+@hookimpl
+def register_migrations(register: RegisterMigrations) -> None:
+    register(MIGRATIONS)
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    from synthhost_guardrails.cli import guardrails
+
+    cli.add_command(guardrails)
+
+
+@hookimpl
+def register_health_checks(register: RegisterHealthCheck) -> None:
+    def check(host: Host) -> tuple[bool, str]:
+        rt = _runtimes.get(host)
+        if rt is None:
+            return True, "not started"
+        s = rt.stats()
+        return s["broken"] == 0, f"{s['sets']} stored sets, {s['broken']} unusable, {s['reloads']} reloads"
+
+    register("guardrails", check)
+
+
+# -- lifecycle -------------------------------------------------------------------------------
+
+
+@hookimpl
+async def startup(host: Host) -> None:
+    rt = await anyio.to_thread.run_sync(runtime, host)
+    rt.start()
+
+
+@hookimpl
+def shutdown(host: Host) -> None:
+    rt = _runtimes.pop(host, None)
+    if rt is not None:
+        rt.stop()
+
+
+# -- the call ----------------------------------------------------------------------------------
+
+
+def _pipeline(call: Call) -> Pipeline:
+    pipeline = runtime(call.host).pipeline_for(call.workspace)
+    if pipeline.error:
+        raise Denied(ErrorCode.PLUGIN_ERROR, pipeline.error, plugin="guardrails", set=pipeline.label)
+    return pipeline
+
+
+@hookimpl
+def pre_call(call: Call) -> Awaitable[None] | None:
+    pipeline = _pipeline(call)
+    if not pipeline.input:
+        return None
+    if pipeline.input_threaded:  # Guardrails AI validators: off the event loop
+        return _in_thread(call, pipeline, lambda: check_input(pipeline, call.request.messages), _apply_input)
+    _apply_input(call, pipeline, check_input(pipeline, call.request.messages))
+    return None
+
+
+@hookimpl
+def post_call(call: Call, response: Response) -> Awaitable[None] | None:
+    pipeline = _pipeline(call)
+    if not pipeline.output:
+        return None
+    if pipeline.output_threaded:
+        return _in_thread(
+            call,
+            pipeline,
+            lambda: check_output(pipeline, response.text),
+            lambda c, p, o: _apply_output(c, p, o, response),
+        )
+    _apply_output(call, pipeline, check_output(pipeline, response.text), response)
+    return None
+
+
+async def _in_thread(
+    call: Call,
+    pipeline: Pipeline,
+    check: Callable[[], Outcome],
+    apply: Callable[[Call, Pipeline, Outcome], None],
+) -> None:
+    outcome = await anyio.to_thread.run_sync(check)
+    apply(call, pipeline, outcome)
+
+
+def _apply_input(call: Call, pipeline: Pipeline, outcome: Outcome) -> None:
+    if outcome.messages is not None:
+        call.request.messages = outcome.messages
+    _settle(call, pipeline, outcome)
+
+
+def _apply_output(call: Call, pipeline: Pipeline, outcome: Outcome, response: Response) -> None:
+    if outcome.text is not None:
+        response.text = outcome.text  # fixed in place: what the caller (and the span) gets
+        response.raw = None  # the provider's raw payload still holds the unfixed text
+    _settle(call, pipeline, outcome)
+
+
+_STATUS = {"exception": "blocked", "fix": "fixed", "warn": "warning", "noop": "noop"}
+
+
+def _settle(call: Call, pipeline: Pipeline, outcome: Outcome) -> None:
+    if not outcome.violations:
+        return
+    record(call, pipeline, outcome.violations)
+    denied = outcome.denied
+    if denied is not None:
+        raise Denied(ErrorCode.GUARDRAIL_VIOLATION, denied.describe(), set=pipeline.label, **denied.to_dict())
+
+
+def record(call: Call, pipeline: Pipeline, violations: list[Violation]) -> None:
+    """Span attributes (added to, never replaced) and one event per violation."""
+    attrs = call.attributes
+    attrs["guardrails.set"] = pipeline.label
+    seen = attrs.setdefault("guardrails.violations", [])
+    for v in violations:
+        data = v.to_dict()
+        status = "blocked" if v.unfixed else _STATUS[v.on_fail]
+        call.emit(EVENT, status=status, set=pipeline.label, attempt=call.attempt, **data)
+        if data not in seen:  # pre_call runs again on a retry
+            seen.append(data)
+        if v.on_fail == "warn":
+            log.warning("%s (workspace %s, set %s)", v.describe(), call.workspace, pipeline.label)
+
+
+# -- programmatic management (what the CLI uses) -------------------------------------------------
+
+
+def actor_name(actor: str | None = None) -> str | None:
+    return actor or os.environ.get("USER") or None
+
+
+def parse_guard_set(source: str | Path | GuardSetSpec) -> GuardSetSpec:
+    """A path, a YAML text (a string with a newline, or a one-line ``{...}``) or a parsed
+    spec, checked: every validator is built once, so an unknown validator, bad args or a
+    missing Guardrails AI are refused here (:class:`GuardSetError`, one line)."""
+    if isinstance(source, GuardSetSpec):
+        spec = source
+    elif isinstance(source, Path) or ("\n" not in source and not source.lstrip().startswith("{")):
+        spec = load_file(source)  # a path (a one-line YAML text would be a flow mapping)
+    else:
+        spec = load_text(source)
+    compile_guard_set(spec, "check")
+    return spec
+
+
+def apply_guards(
+    host: Host,
+    source: str | Path | GuardSetSpec,
+    *,
+    workspace: str | None = None,
+    global_: bool = False,
+    actor: str | None = None,
+) -> ApplyResult:
+    """Validate and store a guard set as the scope's next version (visible at once to
+    ``host``; to other processes within their refresh interval)."""
+    spec = parse_guard_set(source)
+    target = target_workspace(workspace, global_)
+    result = apply_document(host.engine, target, document_of(spec), actor_name(actor))
+    if result.changed:
+        _refresh(host)
+    return result
+
+
+def remove_guards(
+    host: Host, *, workspace: str | None = None, global_: bool = False, actor: str | None = None
+) -> ApplyResult:
+    result = remove(host.engine, target_workspace(workspace, global_), actor_name(actor))
+    _refresh(host)
+    return result
+
+
+def _refresh(host: Host) -> None:
+    rt = _runtimes.get(host)
+    if rt is not None:
+        rt.reload()
+
+
+__all__ = [
+    "DEFAULT",
+    "DEFAULT_DOCUMENT",
+    "EVENT",
+    "FLAG",
+    "GLOBAL",
+    "ApplyResult",
+    "GuardSetError",
+    "apply_guards",
+    "parse_guard_set",
+    "remove_guards",
+    "runtime",
+]
