@@ -130,7 +130,7 @@ class Chains:
         host = self.host
         host.stats["plugin_errors"] += 1
         host.stats[f"plugin_errors.{impl.plugin_name}"] += 1
-        message = f"{type(exc).__name__}: {exc}"[:500]
+        message = host.redact(f"{type(exc).__name__}: {exc}")[:500]
         log.warning("plugin %s failed in %s: %s", impl.plugin_name, hook, message)
         host.emit(
             "plugin_error", call=call, workspace=workspace, status="error",

@@ -89,7 +89,8 @@ class Host:
         self.registry = self._collect_registrations()
         self.engine = db.create_engine(self.settings.database_url)
         self.writer = BatchedWriter(self.engine, stats=self.stats)
-        redactor = _Redactor(secret_values(self.settings.env))
+        self._secrets = secret_values(self.settings.env)
+        redactor = _Redactor(self._secrets)
         for table in ("spans", "runs", "event_logs"):
             self.writer.transforms[table] = redactor
         self.flags = FlagStore(self.engine, self.registry.flags, self.settings.flag_refresh_s)
@@ -239,6 +240,11 @@ class Host:
             listener(values)
         self.stats[f"events.{event_type}"] += 1
         return event_id
+
+    def redact(self, text: str) -> str:
+        """Mask secrets (this host's secret env values, key-shaped strings) in text
+        bound for a log line."""
+        return str(redact(text, self._secrets))
 
     def is_active(self, plugin: str, workspace: str) -> bool:
         """Is this plugin's gate on for this workspace?"""

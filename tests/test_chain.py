@@ -249,3 +249,25 @@ async def test_unknown_provider_is_a_clear_error(make_host):
     async with make_host() as host:
         with pytest.raises(UnknownProvider, match="unknown provider 'nope'"):
             await host.complete(model="nope/m", messages="hi")
+
+
+async def test_plugin_error_messages_never_carry_secrets(make_host, caplog):
+    secret = "sk-live-abcdefghijklmnop"
+
+    class Leaky:
+        __name__ = "leaky"
+
+        @hookimpl
+        def pre_call(self, call):  # type: ignore[no-untyped-def]
+            raise RuntimeError(f"auth failed with key {secret}")
+
+    async with make_host(Leaky(), env={"OPENAI_API_KEY": secret}) as host:
+        await host.complete(model="echo/m", messages="hi")
+        await host.writer.flush()
+        with host.engine.connect() as conn:
+            import sqlalchemy as sa
+
+            contexts = [str(r[0]) for r in conn.execute(sa.text("SELECT context FROM event_logs"))]
+    assert any("auth failed" in c for c in contexts)
+    assert not any(secret in c for c in contexts)
+    assert "auth failed" in caplog.text and secret not in caplog.text
