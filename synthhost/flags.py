@@ -13,7 +13,6 @@ with the default).
 from __future__ import annotations
 
 import difflib
-import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,10 +21,9 @@ from typing import Literal
 import sqlalchemy as sa
 
 from synthhost.errors import UsageError
+from synthhost.refresh import PolledSnapshot
 from synthhost.registry import FlagSpec
 from synthhost.storage.models import FeatureFlag, FlagEpoch, utcnow
-
-log = logging.getLogger("synthhost.flags")
 
 GLOBAL = "*"
 
@@ -48,18 +46,18 @@ def suggest(name: str, known: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-class FlagStore:
+class FlagStore(PolledSnapshot):
+    thread_name = "synthhost-flags"
+
     def __init__(self, engine: sa.Engine, specs: Mapping[str, FlagSpec], refresh_s: float = 1.0) -> None:
+        super().__init__(refresh_s)
         self.engine = engine
         self.specs = specs
-        self.refresh_s = refresh_s
         self.version = 0
         self._rows: dict[tuple[str, str], bool] = {}
         self._resolved: dict[str, dict[str, bool]] = {}
-        self._epoch = -1
+        self._token = -1
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # -- hot path ---------------------------------------------------------------------
 
@@ -146,33 +144,9 @@ class FlagStore:
         with self._lock:
             self._rows = rows
             self._resolved = {}
-            self._epoch = epoch
+            self._token = epoch
             self.version += 1
 
-    def poll_once(self) -> bool:
-        """Reload if another process changed a flag. True when it reloaded."""
+    def read_token(self) -> int:
         with self.engine.connect() as conn:
-            epoch = conn.execute(sa.select(EPOCH.c.epoch).where(EPOCH.c.id == 1)).scalar() or 0
-        if epoch != self._epoch:
-            self.reload()
-            return True
-        return False
-
-    def start(self) -> None:
-        if self._thread is None and self.refresh_s > 0:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._poll, name="synthhost-flags", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-            self._thread = None
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.refresh_s):
-            try:
-                self.poll_once()
-            except Exception as exc:  # the DB may be briefly away; keep the last snapshot
-                log.warning("flag refresh failed: %s", exc)
+            return int(conn.execute(sa.select(EPOCH.c.epoch).where(EPOCH.c.id == 1)).scalar() or 0)

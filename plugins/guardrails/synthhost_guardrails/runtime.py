@@ -23,6 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from synthhost.refresh import PolledSnapshot
 from synthhost_guardrails.guardset import DEFAULT, GuardSetError, Pipeline, compile_document
 from synthhost_guardrails.store import GLOBAL, SetVersion, change_token, current_sets
 
@@ -37,17 +38,17 @@ def compile_row(row: SetVersion) -> Pipeline:
         return Pipeline(row.label, error=f"guard set {row.label} cannot run here: {exc}")
 
 
-class GuardRuntime:
+class GuardRuntime(PolledSnapshot):
+    thread_name = "synthhost-guardrails"
+
     def __init__(self, engine: sa.Engine, refresh_s: float = 1.0) -> None:
+        super().__init__(refresh_s)
         self.engine = engine
-        self.refresh_s = refresh_s
         self.version = 0  # bumped on every reload (tests and stats)
         self._pipelines: dict[str, Pipeline] = {}
         self._compiled: dict[tuple[str, int], Pipeline] = {}
         self._token = -1
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # -- hot path ---------------------------------------------------------------------
 
@@ -77,30 +78,8 @@ class GuardRuntime:
             self._token = token
             self.version += 1
 
-    def poll_once(self) -> bool:
-        if change_token(self.engine) != self._token:
-            self.reload()
-            return True
-        return False
-
-    def start(self) -> None:
-        if self._thread is None and self.refresh_s > 0:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._poll, name="synthhost-guardrails", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=2)
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.refresh_s):
-            try:
-                self.poll_once()
-            except Exception as exc:  # keep the last snapshot while the database is away
-                log.warning("guardrails refresh failed: %s", exc)
+    def read_token(self) -> int:
+        return change_token(self.engine)
 
     def stats(self) -> Mapping[str, Any]:
         broken = sum(1 for p in self._pipelines.values() if p.error)

@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from synthhost.refresh import PolledSnapshot
 from synthhost_policy import pricing
 from synthhost_policy.document import GLOBAL, policy_from_document
 from synthhost_policy.engine import CompiledSet, Plan, compile_set
@@ -28,10 +29,12 @@ log = logging.getLogger("synthhost.policy")
 Key = tuple[str, str, int]
 
 
-class PolicyRuntime:
+class PolicyRuntime(PolledSnapshot):
+    thread_name = "synthhost-policy"
+
     def __init__(self, engine: sa.Engine, refresh_s: float = 1.0) -> None:
+        super().__init__(refresh_s)
         self.engine = engine
-        self.refresh_s = refresh_s
         self.version = 0  # bumped on every reload (tests and stats)
         self._stored: dict[Key, SetVersion] = {}
         self._by_workspace: dict[str, list[Key]] = {}
@@ -39,8 +42,6 @@ class PolicyRuntime:
         self._plans: dict[str, Plan] = {}
         self._token = -1
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # -- hot path ---------------------------------------------------------------------
 
@@ -112,32 +113,9 @@ class PolicyRuntime:
             self._token = token
             self.version += 1
 
-    def poll_once(self) -> bool:
+    def read_token(self) -> int:
         with self.engine.connect() as conn:
-            token = change_token(conn)
-        if token != self._token:
-            self.reload()
-            return True
-        return False
-
-    def start(self) -> None:
-        if self._thread is None and self.refresh_s > 0:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._poll, name="synthhost-policy", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=2)
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.refresh_s):
-            try:
-                self.poll_once()
-            except Exception as exc:  # keep the last snapshot while the DB is away
-                log.warning("policy refresh failed: %s", exc)
+            return change_token(conn)
 
     def stats(self) -> Mapping[str, Any]:
         return {"sets": len(self._stored), "compiled": len(self._compiled), "reloads": self.version}

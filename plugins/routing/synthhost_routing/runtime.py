@@ -15,23 +15,24 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from synthhost.refresh import PolledSnapshot
 from synthhost_routing.config import DEFAULTS, GLOBAL, Routing, effective
 from synthhost_routing.store import change_token, load_all
 
 log = logging.getLogger("synthhost.routing")
 
 
-class RoutingRuntime:
+class RoutingRuntime(PolledSnapshot):
+    thread_name = "synthhost-routing"
+
     def __init__(self, engine: sa.Engine, refresh_s: float = 1.0) -> None:
+        super().__init__(refresh_s)
         self.engine = engine
-        self.refresh_s = refresh_s
         self.reloads = 0
         self._configs: dict[str, Routing] = {}
         self._default: Routing = DEFAULTS
         self._token = -1
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def for_workspace(self, workspace: str) -> Routing:
         return self._configs.get(workspace) or self._default
@@ -55,32 +56,9 @@ class RoutingRuntime:
             self._configs, self._default, self._token = configs, default, token
             self.reloads += 1
 
-    def poll_once(self) -> bool:
+    def read_token(self) -> int:
         with self.engine.connect() as conn:
-            token = change_token(conn)
-        if token != self._token:
-            self.reload()
-            return True
-        return False
-
-    def start(self) -> None:
-        if self._thread is None and self.refresh_s > 0:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._poll, name="synthhost-routing", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=2)
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.refresh_s):
-            try:
-                self.poll_once()
-            except Exception as exc:  # keep the last snapshot while the database is away
-                log.warning("routing config refresh failed: %s", exc)
+            return change_token(conn)
 
     def stats(self) -> Mapping[str, Any]:
         return {"workspaces": len(self._configs), "reloads": self.reloads}
