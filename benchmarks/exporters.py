@@ -135,7 +135,7 @@ async def bench(count: int, block: int, with_sync: bool, db_url: str, receiver: 
         assert finished is not None
         for _ in range(5000):
             started = time.perf_counter()
-            synthhost_langfuse.on_trace(finished)
+            synthhost_langfuse.on_trace(finished, host)
             trace_hook.append(time.perf_counter() - started)
 
         drain_started = time.perf_counter()

@@ -58,6 +58,7 @@ class BatchedWriter:
         self._committed = 0
         self._closing = False
         self._abandon = False
+        self._flush_waiters = 0
         self._thread: threading.Thread | None = None
         # Per-table value transforms applied in the writer thread, off the call path
         # (the host uses one to redact secrets from spans and events).
@@ -90,15 +91,23 @@ class BatchedWriter:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._submitted
+            self._flush_waiters += 1
             self._cond.notify_all()
-            while self._committed < target:
-                if self._thread is None or not self._thread.is_alive():
-                    self._drain_locked()
-                    continue
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining if remaining is not None else 0.5)
+            try:
+                return self._wait_committed(target, deadline)
+            finally:
+                self._flush_waiters -= 1
+
+    def _wait_committed(self, target: int, deadline: float | None) -> bool:
+        """Wait (holding ``self._cond``) until row ``target`` is committed."""
+        while self._committed < target:
+            if self._thread is None or not self._thread.is_alive():
+                self._drain_locked()
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            self._cond.wait(remaining if remaining is not None else 0.5)
         return True
 
     async def flush(self, timeout: float | None = None) -> bool:
@@ -151,8 +160,10 @@ class BatchedWriter:
                         return
                     continue
                 batch = list(self._queue)
-            if len(batch) < self.max_batch and not self._closing:
-                time.sleep(self.max_delay_s)  # group commit: let concurrent calls join
+            if len(batch) < self.max_batch and not self._closing and not self._flush_waiters:
+                # Group commit: let concurrent calls join the batch, unless someone (a
+                # run about to report done) is waiting for it.
+                time.sleep(self.max_delay_s)
                 with self._cond:
                     batch = list(self._queue)
             try:
