@@ -28,7 +28,7 @@ retry: {max_attempts: 2, initial_delay_s: 0.01, max_delay_s: 0.01}
 """
 
 
-async def test_run_is_recorded_and_readable_only_in_its_workspace(make_host, db_url):
+async def test_run_is_recorded_and_readable_only_in_its_workspace(make_host, db_url, tmp_path, monkeypatch):
     secret = "sk-test-SECRETSECRET1234"
     async with make_host(env={"OPENAI_API_KEY": secret}) as host:
         spec = parse_agent(AGENT)
@@ -72,6 +72,12 @@ async def test_run_is_recorded_and_readable_only_in_its_workspace(make_host, db_
     denied = runner.invoke(cli, ["traces", "show", result.run_id, "--workspace", "other"], env=env)
     assert denied.exit_code == 2
     assert denied.output.strip().count("\n") == 0 and "no run" in denied.output
+
+    monkeypatch.chdir(tmp_path)
+    saved = runner.invoke(cli, ["traces", "export", result.run_id, "-w", "acme", "--save"], env=env)
+    assert saved.exit_code == 0, saved.output
+    (path,) = tmp_path.glob(f"trace-{result.run_id}-*.json")
+    assert json.loads(path.read_text())["run"]["run_id"] == result.run_id
 
     shown = runner.invoke(cli, ["traces", "show", result.run_id, "--workspace", "acme"], env=env)
     assert shown.exit_code == 0 and "call echo/gpt-4o-mini" in shown.output

@@ -93,12 +93,15 @@ def show(run_id: str, workspace: str) -> None:
 @click.argument("run_id")
 @workspace_option
 @click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to a file "
-              "(default: trace-<id>-<date>.json with -o -, stdout).")
-def export(run_id: str, workspace: str, fmt: str, output: str | None) -> None:
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write to this file instead of standard output ('-': standard output).")
+@click.option("--save", is_flag=True, help="Write to trace-<run id>-<YYYY-MM-DD>.json here.")
+def export(run_id: str, workspace: str, fmt: str, output: str | None, save: bool) -> None:
     """Export one run (spans, events) as JSON, secrets redacted."""
     data = _load(workspace, run_id)
     text = json.dumps(data, indent=2)
+    if save and output is None:
+        output = default_export_name(str(data["run"]["run_id"]))  # type: ignore[index]
     if output is None or output == "-":
         click.echo(text)
         return
