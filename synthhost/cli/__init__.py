@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 import click
-import sqlalchemy as sa
 
 from synthhost.errors import SynthhostError, UsageError
 
@@ -37,8 +36,13 @@ class Group(click.Group):
         except Interrupted as exc:
             click.echo(f"Interrupted by {exc}: completed calls were saved.", err=True)
             ctx.exit(128 + exc.signum)
-        except sa.exc.OperationalError as exc:
-            raise HostError(f"database error: {str(exc.orig).strip().splitlines()[0]}") from None
+        except Exception as exc:
+            # SQLAlchemy is imported lazily (only commands that touch the database load
+            # it), so if it is not loaded yet this cannot be one of its errors.
+            sa_exc = sys.modules.get("sqlalchemy.exc")
+            if sa_exc is not None and isinstance(exc, sa_exc.OperationalError):
+                raise HostError(f"database error: {str(exc.orig).strip().splitlines()[0]}") from None
+            raise
 
 
 @click.group(cls=Group)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
-
-from synthhost.host import Host
+if TYPE_CHECKING:
+    from synthhost.host import Host
 
 T = TypeVar("T")
 
@@ -25,6 +24,8 @@ class Interrupted(Exception):
 @contextlib.asynccontextmanager
 async def open_host(**kwargs: Any) -> AsyncIterator[Host]:
     """A started host from the environment; stopped (and flushed) on exit."""
+    from synthhost.host import Host
+
     kwargs.setdefault("load_entrypoints", True)  # the CLI always honours the allow-list
     async with Host.from_env(**kwargs) as host:
         yield host
@@ -34,6 +35,8 @@ async def open_host(**kwargs: Any) -> AsyncIterator[Host]:
 def cli_host(migrate: bool = True, **kwargs: Any) -> Iterator[Host]:
     """A host for synchronous database commands (flags, reports): migrated, flags
     loaded, no background threads. ``kwargs`` go to :class:`Host` (``plugins=...``)."""
+    from synthhost.host import Host
+
     kwargs.setdefault("load_entrypoints", True)
     host = Host.from_env(**kwargs)
     try:
@@ -49,6 +52,8 @@ def cli_host(migrate: bool = True, **kwargs: Any) -> Iterator[Host]:
 def run_async(fn: Callable[[], Awaitable[T]]) -> T:
     """Run ``fn`` under anyio; SIGINT/SIGTERM cancel it (so runs record what they did
     and the host flushes), then :class:`Interrupted` is raised."""
+    import anyio
+
     received: list[int] = []
     result: list[T] = []
     failure: list[BaseException] = []

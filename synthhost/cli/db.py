@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from synthhost.cli.context import cli_host
-from synthhost.storage import db as storage
 
 
 @click.group()
@@ -17,6 +16,8 @@ def db() -> None:
 @click.argument("revision", default="heads")
 def upgrade(revision: str) -> None:
     """Apply migrations (default: every branch to its head)."""
+    from synthhost.storage import db as storage
+
     with cli_host(migrate=False) as host:
         host.migrate(revision)
         click.echo(f"upgraded to {', '.join(sorted(storage.current(host.engine))) or 'base'}")
@@ -27,6 +28,8 @@ def upgrade(revision: str) -> None:
 def downgrade(revision: str) -> None:
     """Revert migrations to REVISION: ``base`` (everything), ``cost@base`` (one plugin's
     branch), ``-1`` or a revision id."""
+    from synthhost.storage import db as storage
+
     with cli_host(migrate=False) as host:
         storage.downgrade(host.engine, host.registry.migrations, revision)
         click.echo(f"now at {', '.join(sorted(storage.current(host.engine))) or 'base'}")
@@ -35,6 +38,8 @@ def downgrade(revision: str) -> None:
 @db.command()
 def current() -> None:
     """Show the applied revision of every branch, and whether it is the head."""
+    from synthhost.storage import db as storage
+
     with cli_host(migrate=False) as host:
         applied = storage.current(host.engine)
         heads = storage.heads(host.engine, host.registry.migrations)

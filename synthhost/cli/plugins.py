@@ -6,7 +6,6 @@ import inspect
 import json
 from typing import Any
 
-import anyio
 import click
 
 from synthhost.cli.context import cli_host
@@ -62,6 +61,8 @@ def plugins_command(workspace: str | None, hook: str | None, as_json: bool) -> N
 @click.option("--json", "as_json", is_flag=True)
 def health(as_json: bool) -> None:
     """Run every registered health check (and the database's). Exit 1 if any fails."""
+    import anyio
+
     results: list[dict[str, Any]] = []
     with cli_host() as host:
         try:

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from synthhost.agent import AgentSpec, check_providers, load_agent, resolve_inputs
 from synthhost.errors import SynthhostError, UsageError
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
+    from synthhost.agent import AgentSpec
     from synthhost.host import Host
     from synthhost.trace import RunResult
 
@@ -75,6 +75,8 @@ def error_line(result: RunResult) -> str:
 
 async def execute(spec: AgentSpec, inputs: Mapping[str, Any], workspace: str | None) -> RunResult:
     """Open a host, check the agent's providers against it, and run the agent."""
+    from synthhost.agent import check_providers
+
     async with _open_host() as host:
         check_providers(spec, host.registry.providers, spec.source)
         return await host.run(spec, inputs=dict(inputs), workspace=workspace)
@@ -112,6 +114,8 @@ def run_command(
     Exit status: 0 on success, 1 when the run failed, 2 on bad input.
     Example: synthhost run examples/hello.yaml --input name=Ada
     """
+    from synthhost.agent import load_agent, resolve_inputs
+
     try:
         spec = load_agent(agent_file)
         inputs = resolve_inputs(spec, parse_inputs(input_pairs))

@@ -15,11 +15,10 @@ import click
 from synthhost.cli import Group
 from synthhost.default_plugins.scheduler import FLAG
 from synthhost.errors import SynthhostError, UsageError
-from synthhost.scheduler import CronStore, JobState, Outcome, Scheduler, Summary, load_jobs
-from synthhost.storage.models import utcnow
 
 if TYPE_CHECKING:
     from synthhost.host import Host
+    from synthhost.scheduler import JobState, Outcome, Scheduler, Summary
 
 
 def _when(value: datetime | None) -> str:
@@ -80,6 +79,8 @@ def run_schedule(
     Exit status: 0; with --once, 1 when a run failed; 2 on bad input.
     Example: synthhost schedule run examples/ --until 3600
     """
+    from synthhost.scheduler import Scheduler, load_jobs
+
     if once and until is not None:
         raise UsageError("--until: has no effect with --once")
     jobs = load_jobs(paths, workspace)
@@ -139,6 +140,8 @@ def _state_text(state: JobState) -> str:
 def status(workspace: str | None, as_json: bool) -> None:
     """Every scheduled agent: next run, failures, disabled, last run and error."""
     from synthhost.cli.context import cli_host
+    from synthhost.scheduler import CronStore
+    from synthhost.storage.models import utcnow
 
     now = utcnow()
     with cli_host() as host:
@@ -165,6 +168,8 @@ def status(workspace: str | None, as_json: bool) -> None:
 
 def _set_enabled(agent: str, workspace: str | None, enabled: bool) -> None:
     from synthhost.cli.context import cli_host
+    from synthhost.scheduler import CronStore
+    from synthhost.storage.models import utcnow
 
     with cli_host() as host:
         store = CronStore(host.engine)

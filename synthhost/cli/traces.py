@@ -9,7 +9,6 @@ import click
 
 from synthhost.cli.context import cli_host
 from synthhost.errors import UsageError
-from synthhost.traces import export_trace, list_runs, load_trace, parse_since
 
 workspace_option = click.option("--workspace", "-w", default="default", show_default=True,
                                 help="The workspace whose traces to read.")
@@ -32,6 +31,8 @@ def traces() -> None:
 def list_command(workspace: str, since: str | None, status: str | None, agent: str | None,
                  search: str | None, limit: int, offset: int, as_json: bool) -> None:
     """List runs, newest first (paginated with --limit/--offset)."""
+    from synthhost.traces import list_runs, parse_since
+
     try:
         since_dt = parse_since(since)
     except ValueError:
@@ -49,6 +50,8 @@ def list_command(workspace: str, since: str | None, status: str | None, agent: s
 
 
 def _load(workspace: str, run_id: str) -> dict[str, object]:
+    from synthhost.traces import export_trace, load_trace
+
     with cli_host() as host:
         trace = load_trace(host.engine, run_id, workspace)
     if trace is None:

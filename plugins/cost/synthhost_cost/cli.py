@@ -16,18 +16,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from synthhost.errors import UsageError
-from synthhost_cost.pricing import Override, PriceBook
-from synthhost_cost.report import cost_report, parse_since, render_table
-from synthhost_cost.store import (
-    delete_overrides,
-    load_overrides,
-    make_override,
-    parse_when,
-    save_override,
-)
 
 if TYPE_CHECKING:
     from synthhost.host import Host
+    from synthhost_cost.pricing import Override
 
 
 @contextlib.contextmanager
@@ -63,6 +55,8 @@ def costs() -> None:
 def report_command(workspace: str | None, since: str | None, by: str, as_json: bool) -> None:
     """Calls, tokens and cost per model, agent or day. Unpriced attempts are counted
     apart; their cost is unknown, not zero."""
+    from synthhost_cost.report import cost_report, parse_since, render_table
+
     since_at = parse_since(since)
     with _host() as host:
         report = cost_report(host.engine, workspace=workspace, since=since_at, by=by)  # type: ignore[arg-type]
@@ -122,6 +116,8 @@ def price_set(
     note: str | None,
 ) -> None:
     """Add or replace a price override (same workspace, provider, model and start)."""
+    from synthhost_cost.store import make_override, save_override
+
     override = make_override(
         workspace=workspace,
         provider=provider,
@@ -147,6 +143,8 @@ def price_set(
 @click.option("--json", "as_json", is_flag=True)
 def price_list(workspace: str | None, as_json: bool) -> None:
     """List price overrides."""
+    from synthhost_cost.store import load_overrides
+
     with _host() as host:
         overrides = load_overrides(host.engine, workspace)
     if as_json:
@@ -184,6 +182,8 @@ def price_rm(
     valid_from: str | None,
 ) -> None:
     """Remove an override by id, or a workspace's overrides of one model."""
+    from synthhost_cost.store import delete_overrides, parse_when
+
     if override_id is None and not (provider and model):
         raise UsageError("price rm: give an override id, or --provider and --model")
     with _host() as host:
@@ -205,6 +205,9 @@ def price_rm(
 @click.option("--workspace", "-w", default="default", show_default=True)
 def price_show(model_ref: str, workspace: str) -> None:
     """Which price a call to PROVIDER/MODEL gets now (override or genai-prices)."""
+    from synthhost_cost.pricing import PriceBook
+    from synthhost_cost.store import load_overrides
+
     provider, sep, model = model_ref.partition("/")
     if not sep or not provider or not model:
         raise UsageError(f"price show: {model_ref!r} is not PROVIDER/MODEL (openai/gpt-4o-mini)")

@@ -22,31 +22,21 @@ seconds (default 5; a background thread polls a row count and the latest update 
 
 from __future__ import annotations
 
-import itertools
-import logging
-import os
-import threading
 import weakref
-from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import anyio
-
 from synthhost import Denied, Stage, StashKey, hookimpl
-from synthhost.call import Call, Response, Usage
-from synthhost_cost.models import COST_LOGS
-from synthhost_cost.pricing import ZERO_COST, Cost, Override, PriceBook, PricingError, Quote
-from synthhost_cost.store import delete_overrides, load_overrides, overrides_marker, save_override
+from synthhost.call import Response, Usage
 
 if TYPE_CHECKING:
     import click
 
+    from synthhost.call import Call
     from synthhost.host import Host
     from synthhost.registry import RegisterFlag, RegisterGate, RegisterMigrations
-
-log = logging.getLogger("synthhost.cost")
+    from synthhost_cost.pricing import Override
+    from synthhost_cost.state import CostState
 
 FLAG: Final = "track_model_costs"
 MIGRATIONS: Final = Path(__file__).resolve().parent / "migrations"
@@ -54,203 +44,7 @@ DEFAULT_REFRESH_S: Final = 5.0
 UNPRICED_MEMORY: Final = 100_000  # dedupe keys kept before forgetting (then may re-emit)
 
 _LOGGED_ATTEMPT = StashKey[int]()  # the attempt post_call wrote a row for
-_SPENT = StashKey[Decimal]()  # the call's USD cost so far
-_UNPRICED = StashKey[bool]()  # an attempt of the call had no known price
-_NO_USAGE: Final = (0, 0, 0, 0, 0)
-
-
-ZERO_STR: Final = "0.0000000000"
-
-
-class CostState:
-    """What the plugin keeps per host: the price book, the unpriced-event dedupe, and
-    the override refresh thread."""
-
-    def __init__(self, host: Host) -> None:
-        self.host = host
-        self.book = PriceBook()
-        self.unpriced_seen: set[tuple[str, str, str]] = set()
-        self.refresh_s = float(host.settings.env.get("SYNTHHOST_COST_PRICE_REFRESH_S", DEFAULT_REFRESH_S))
-        self._marker: Any = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        # Row ids: 32 hex like the host's, a random per-host prefix plus a counter
-        # (uuid4 costs several µs on the hot path; this costs a fraction of one).
-        self._id_prefix = os.urandom(8).hex()
-        self._ids = itertools.count(1)
-
-    # -- overrides ----------------------------------------------------------------------
-
-    def reload(self) -> None:
-        with self._lock:
-            marker = overrides_marker(self.host.engine)
-            self.book.set_overrides(load_overrides(self.host.engine))
-            self._marker = marker
-
-    def poll_once(self) -> bool:
-        if overrides_marker(self.host.engine) != self._marker:
-            self.reload()
-            return True
-        return False
-
-    def start(self) -> None:
-        if self._thread is None and self.refresh_s > 0:
-            self._thread = threading.Thread(target=self._poll, name="synthhost-cost-prices", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-            self._thread = None
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.refresh_s):
-            try:
-                self.poll_once()
-            except Exception as exc:  # the DB may be briefly away: keep the last prices
-                log.warning("price override refresh failed: %s", exc)
-
-    # -- the hot path -------------------------------------------------------------------
-
-    def record(
-        self,
-        call: Call,
-        provider: str,
-        model: str,
-        usage: tuple[int, int, int, int, int],
-        *,
-        failed: bool,
-        error_code: str | None = None,
-        note: str | None = None,
-    ) -> None:
-        """Price one attempt, queue its row, update the span, emit the event."""
-        quote: Quote | None = None
-        cost: Cost | None
-        source: str | None
-        if usage == _NO_USAGE and (failed or note is not None):
-            cost, source, version = ZERO_COST, "no-usage", None
-            if note is None:
-                note = "attempt failed without reported usage: zero cost"
-            currency = "USD"
-        else:
-            quote = self.book.quote(call.workspace, provider, model, call.started_at)
-            currency, source, version = quote.currency, quote.source, quote.version
-            cost = None
-            if quote.priced:
-                try:
-                    cost = quote.cost(usage, call.started_at)
-                except PricingError as exc:
-                    note = f"usage cannot be priced: {exc}"[:300]
-        priced = cost is not None
-        stash = call.stash
-        if not priced:
-            stash[_UNPRICED] = True
-            self._unpriced(call, provider, model, quote, note)
-        status = "failed" if failed else "ok"
-        row_id = f"{self._id_prefix}{next(self._ids):016x}"
-        price_model = quote.model_id if quote is not None else None
-        # submit_values, not submit(ModelCostLog(...)): the same queue and insert, without
-        # building an SQLModel instance (~60 µs, three times this whole hook).
-        self.host.writer.submit_values(
-            COST_LOGS,
-            {
-                "id": row_id,
-                "workspace_id": call.workspace,
-                "user_id": call.user,
-                "org_id": call.org,
-                "run_id": call.run_id,
-                "trace_id": call.trace_id,
-                "span_id": call.span_id,
-                "agent": call.agent,
-                "step": call.step,
-                "attempt": call.attempt,
-                "status": status,
-                "error_code": error_code,
-                "provider": provider,
-                "model_requested": call.requested_model,
-                "model_billed": model,
-                "price_provider": quote.provider_id if quote is not None else None,
-                "price_model": price_model,
-                "input_tokens": usage[0],
-                "cache_read_tokens": usage[1],
-                "cache_write_tokens": usage[2],
-                "output_tokens": usage[3],
-                "reasoning_tokens": usage[4],
-                "input_cost": cost.input if cost else None,
-                "cache_read_cost": cost.cache_read if cost else None,
-                "cache_write_cost": cost.cache_write if cost else None,
-                "output_cost": cost.output if cost else None,
-                "total_cost": cost.total if cost else None,
-                "currency": currency,
-                "priced": priced,
-                "price_source": source,
-                "price_version": version,
-                "note": note,
-                "created_at": datetime.now(UTC),
-            },
-        )
-
-        if cost is not None:
-            c_in, c_out, c_tot, c_cr, c_cw = cost
-            costs: tuple[str | None, ...] = (
-                f"{c_in:f}" if c_in else ZERO_STR,
-                f"{c_out:f}" if c_out else ZERO_STR,
-                f"{c_tot:f}" if c_tot else ZERO_STR,
-                f"{c_cr:f}" if c_cr else ZERO_STR,
-                f"{c_cw:f}" if c_cw else ZERO_STR,
-            )
-        else:
-            costs = (None, None, None, None, None)
-        # The span: the call's cost over its attempts, in USD, or nothing if unknown.
-        attributes = call.attributes
-        if _UNPRICED in stash:
-            attributes.pop("cost_usd", None)
-        elif cost is not None and currency == "USD":
-            if _SPENT in stash:  # an earlier attempt of this call cost something too
-                spent = stash[_SPENT] + cost.total
-                stash[_SPENT] = spent
-                attributes["cost_usd"] = f"{spent:f}" if spent else ZERO_STR
-            else:
-                stash[_SPENT] = cost.total
-                attributes["cost_usd"] = costs[2]
-        figures: dict[str, Any] = {
-            "provider": provider,
-            "model": model,
-            "model_requested": call.requested_model,
-            "attempt": call.attempt,
-            "attempt_status": status,
-            "input_tokens": usage[0],
-            "cache_read_tokens": usage[1],
-            "cache_write_tokens": usage[2],
-            "output_tokens": usage[3],
-            "reasoning_tokens": usage[4],
-            "input_cost": costs[0],
-            "cache_read_cost": costs[3],
-            "cache_write_cost": costs[4],
-            "output_cost": costs[1],
-            "total_cost": costs[2],
-            "currency": currency,
-            "priced": priced,
-            "price_source": source,
-            "price_version": version,
-            "price_model": price_model,
-            "cost_log_id": row_id,
-        }
-        attributes["cost"] = figures
-        self.host.emit("llm_cost_logged", call=call, status="error" if failed else "success", **figures)
-
-    def _unpriced(self, call: Call, provider: str, model: str, quote: Quote | None, note: str | None) -> None:
-        key = (provider, model, call.workspace)
-        if key in self.unpriced_seen:
-            return
-        if len(self.unpriced_seen) >= UNPRICED_MEMORY:
-            self.unpriced_seen.clear()
-        self.unpriced_seen.add(key)
-        reason = note or (quote.reason if quote is not None else None) or "no known price"
-        call.emit("llm_cost_unpriced", status="warning", provider=provider, model=model, reason=reason)
-        log.warning("no price for %s/%s (workspace %s): %s", provider, model, call.workspace, reason)
+NO_USAGE: Final = (0, 0, 0, 0, 0)
 
 
 _STATES: weakref.WeakKeyDictionary[Host, CostState] = weakref.WeakKeyDictionary()
@@ -260,6 +54,9 @@ def state_for(host: Host) -> CostState:
     """This plugin's state for ``host`` (created on first use if start-up was skipped)."""
     state = _STATES.get(host)
     if state is None:
+        # genai-prices and SQLAlchemy load here (start-up), not at plugin import.
+        from synthhost_cost.state import CostState
+
         state = _STATES[host] = CostState(host)
     return state
 
@@ -279,12 +76,16 @@ def _usage(usage: Usage) -> tuple[int, int, int, int, int]:
 
 def set_price(host: Host, override: Override) -> int:
     """Save an override and apply it to this host's next call. Sync (database I/O)."""
+    from synthhost_cost.store import save_override
+
     row_id = save_override(host.engine, override)
     state_for(host).reload()
     return row_id
 
 
 def remove_price(host: Host, **where: Any) -> int:
+    from synthhost_cost.store import delete_overrides
+
     removed = delete_overrides(host.engine, **where)
     state_for(host).reload()
     return removed
@@ -317,6 +118,8 @@ def register_commands(cli: click.Group) -> None:
 
 @hookimpl
 async def startup(host: Host) -> None:
+    import anyio
+
     state = state_for(host)
     await anyio.to_thread.run_sync(state.reload)
     state.start()
@@ -340,7 +143,7 @@ def post_call(call: Call, response: Response) -> None:
             call,
             provider,
             model,
-            _NO_USAGE,
+            NO_USAGE,
             failed=False,
             note=f"answered by plugin {by}; provider not called: zero cost",
         )
@@ -368,7 +171,7 @@ def on_failure(call: Call, error: BaseException, attempt: int) -> None:
         response = None
     if not isinstance(usage, Usage) and response is not None:
         usage = response.usage
-    tokens = _usage(usage) if isinstance(usage, Usage) else _NO_USAGE
+    tokens = _usage(usage) if isinstance(usage, Usage) else NO_USAGE
     provider = (response.provider if response else None) or call.request.provider
     model = (response.model if response else None) or call.request.model
     code = getattr(error, "code", None) or type(error).__name__

@@ -19,7 +19,7 @@ import os
 import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -27,25 +27,35 @@ from synthhost import hookimpl
 from synthhost.errors import Denied, ErrorCode
 from synthhost.registry import RegisterFlag, RegisterGate, RegisterHealthCheck, RegisterMigrations, Stage
 from synthhost_guardrails.engine import Outcome, Violation, check_input, check_output
-from synthhost_guardrails.guardset import (
-    DEFAULT,
-    DEFAULT_DOCUMENT,
-    GuardSetError,
-    GuardSetSpec,
-    Pipeline,
-    load_file,
-    load_text,
-)
-from synthhost_guardrails.guardset import compile_spec as compile_guard_set
-from synthhost_guardrails.guardset import document as document_of
-from synthhost_guardrails.runtime import GuardRuntime
-from synthhost_guardrails.store import GLOBAL, ApplyResult, apply_document, remove, target_workspace
 
 if TYPE_CHECKING:
     import click
 
     from synthhost.call import Call, Response
     from synthhost.host import Host
+    from synthhost_guardrails.guard_runtime import GuardRuntime
+    from synthhost_guardrails.guardset import DEFAULT, DEFAULT_DOCUMENT, GuardSetError, GuardSetSpec, Pipeline
+    from synthhost_guardrails.store import GLOBAL, ApplyResult
+
+# Exported names whose modules load pydantic, YAML or SQLAlchemy: resolved on first use
+# (PEP 562) so that importing the plugin, as the CLI does for every plugin, stays cheap.
+_LAZY = {
+    "DEFAULT": "synthhost_guardrails.guardset",
+    "DEFAULT_DOCUMENT": "synthhost_guardrails.guardset",
+    "GuardSetError": "synthhost_guardrails.guardset",
+    "GuardSetSpec": "synthhost_guardrails.guardset",
+    "GLOBAL": "synthhost_guardrails.store",
+    "ApplyResult": "synthhost_guardrails.store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
 
 FLAG = "enable_guardrails_ai"
 EVENT = "guardrail_violation"
@@ -60,6 +70,11 @@ def runtime(host: Host) -> GuardRuntime:
     """This host's guard runtime (created, and loaded, on first use)."""
     rt = _runtimes.get(host)
     if rt is None:
+        # SQLAlchemy, pydantic and the validators load here, once per host. (The module
+        # is not called ``runtime``: importing it lazily would rebind this package's
+        # ``runtime`` attribute, this function, to the module.)
+        from synthhost_guardrails.guard_runtime import GuardRuntime
+
         env = host.settings.env
         refresh = float(env.get("SYNTHHOST_GUARDRAILS_REFRESH_S") or host.settings.flag_refresh_s)
         rt = _runtimes[host] = GuardRuntime(host.engine, refresh)
@@ -219,6 +234,9 @@ def parse_guard_set(source: str | Path | GuardSetSpec) -> GuardSetSpec:
     """A path, a YAML text (a string with a newline, or a one-line ``{...}``) or a parsed
     spec, checked: every validator is built once, so an unknown validator, bad args or a
     missing Guardrails AI are refused here (:class:`GuardSetError`, one line)."""
+    from synthhost_guardrails.guardset import GuardSetSpec, load_file, load_text
+    from synthhost_guardrails.guardset import compile_spec as compile_guard_set
+
     if isinstance(source, GuardSetSpec):
         spec = source
     elif isinstance(source, Path) or ("\n" not in source and not source.lstrip().startswith("{")):
@@ -239,6 +257,9 @@ def apply_guards(
 ) -> ApplyResult:
     """Validate and store a guard set as the scope's next version (visible at once to
     ``host``; to other processes within their refresh interval)."""
+    from synthhost_guardrails.guardset import document as document_of
+    from synthhost_guardrails.store import apply_document, target_workspace
+
     spec = parse_guard_set(source)
     target = target_workspace(workspace, global_)
     result = apply_document(host.engine, target, document_of(spec), actor_name(actor))
@@ -250,6 +271,8 @@ def apply_guards(
 def remove_guards(
     host: Host, *, workspace: str | None = None, global_: bool = False, actor: str | None = None
 ) -> ApplyResult:
+    from synthhost_guardrails.store import remove, target_workspace
+
     result = remove(host.engine, target_workspace(workspace, global_), actor_name(actor))
     _refresh(host)
     return result

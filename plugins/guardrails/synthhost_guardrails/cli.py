@@ -7,16 +7,15 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import yaml
 
 from synthhost.errors import UsageError
-from synthhost.host import Host
 from synthhost_guardrails.engine import Outcome, check_input, check_output
-from synthhost_guardrails.guardset import DEFAULT_DOCUMENT, GuardSetError, compile_spec, load_file
-from synthhost_guardrails.store import GLOBAL, get_version, history, scope_name, target_workspace
+
+if TYPE_CHECKING:
+    from synthhost.host import Host
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,6 +37,7 @@ def guardrails_host() -> Iterator[Host]:
     """A host with this plugin registered, so its table exists whatever the plugin
     allow-list says (and under tests)."""
     import synthhost_guardrails
+    from synthhost.host import Host
 
     host = Host.from_env(plugins=[synthhost_guardrails])
     try:
@@ -49,6 +49,8 @@ def guardrails_host() -> Iterator[Host]:
 
 
 def _load(file: Path) -> Any:
+    from synthhost_guardrails.guardset import GuardSetError, compile_spec, load_file
+
     try:
         spec = load_file(file)
         compile_spec(spec, "check")
@@ -70,6 +72,7 @@ def guardrails() -> None:
 def apply_command(file: Path, workspace: str | None, global_: bool, actor: str | None) -> None:
     """Validate FILE and store it as the workspace's guard set (a new version)."""
     from synthhost_guardrails import apply_guards
+    from synthhost_guardrails.store import scope_name, target_workspace
 
     spec = _load(file)
     target_workspace(workspace, global_)  # refuse before touching the database
@@ -89,6 +92,7 @@ def rm_command(workspace: str | None, global_: bool, actor: str | None) -> None:
     """Remove the guard set (a new, empty version): the scope falls back to the global
     set, then to the built-in default."""
     from synthhost_guardrails import remove_guards
+    from synthhost_guardrails.store import scope_name
 
     with guardrails_host() as host:
         result = remove_guards(host, workspace=workspace, global_=global_, actor=actor)
@@ -103,6 +107,11 @@ def rm_command(workspace: str | None, global_: bool, actor: str | None) -> None:
 def show_command(workspace: str | None, global_: bool, version: int | None, show_history: bool, as_json: bool) -> None:
     """Print the guard set a workspace runs: its own, else the global one, else the
     built-in default."""
+    import yaml
+
+    from synthhost_guardrails.guardset import DEFAULT_DOCUMENT
+    from synthhost_guardrails.store import GLOBAL, get_version, history, scope_name, target_workspace
+
     target = target_workspace(workspace, global_)
     with guardrails_host() as host:
         if show_history:
@@ -169,6 +178,8 @@ def test_command(file: Path, text: str, side: str, as_json: bool) -> None:
     """Show what FILE's guard set would do with a text, without a call or a database.
     Prints each violation (validator, action, kinds found), the fixed text, and the
     decision: allow, or deny."""
+    from synthhost_guardrails.guardset import compile_spec
+
     spec = _load(file)
     if text == "-":
         text = sys.stdin.read()

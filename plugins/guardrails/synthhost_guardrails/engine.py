@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from synthhost_guardrails.guardset import Entry, Pipeline
+if TYPE_CHECKING:
+    from synthhost_guardrails.guardset import Entry, Pipeline
 
 
 @dataclass(slots=True)

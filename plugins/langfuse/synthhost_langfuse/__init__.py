@@ -24,11 +24,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from synthhost import Stage, hookimpl
-from synthhost_langfuse.config import LangfuseConfig, load_config
-from synthhost_langfuse.exporter import EVENT_TYPES, EXPORTER_NAME, LangfuseExporter
+from synthhost_langfuse.config import EVENT_TYPES, EXPORTER_NAME, LangfuseConfig, load_config
 
 if TYPE_CHECKING:
     import click
@@ -36,6 +33,7 @@ if TYPE_CHECKING:
     from synthhost.host import Host
     from synthhost.registry import RegisterExporter, RegisterFlag, RegisterGate, RegisterHealthCheck
     from synthhost.trace import Trace
+    from synthhost_langfuse.exporter import LangfuseExporter
 
 log = logging.getLogger("synthhost.langfuse")
 
@@ -58,9 +56,20 @@ _STATES: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
 _SAID_INERT: set[str] = set()
 
 
+def __getattr__(name: str) -> Any:
+    if name == "LangfuseExporter":  # exported, but the SDK behind it loads on first use
+        from synthhost_langfuse.exporter import LangfuseExporter
+
+        return LangfuseExporter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _state(host: Host) -> _State:
     state = _STATES.get(host)
     if state is None:
+        # The SDK and OpenTelemetry load here (once per host), not at plugin import.
+        from synthhost_langfuse.exporter import LangfuseExporter
+
         config, reason = load_config(host.settings.env)
         exporter = LangfuseExporter(host, config) if config is not None else None
         state = _STATES[host] = _State(config, reason, exporter)
@@ -144,4 +153,6 @@ def on_trace(trace: Trace, host: Host) -> Awaitable[None] | None:
 
 
 async def _export_and_wait(exporter: LangfuseExporter, trace: Trace) -> None:
+    import anyio  # once per run in sync mode, off the per-call path
+
     await anyio.to_thread.run_sync(exporter.export_now, trace)

@@ -14,11 +14,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
-import sqlalchemy as sa
 
 from synthhost.errors import UsageError
-from synthhost_langfuse.config import load_config
-from synthhost_langfuse.exporter import EVENT_TYPES, EXPORTER_NAME, LangfuseExporter
+from synthhost_langfuse.config import EVENT_TYPES, EXPORTER_NAME, load_config
 
 if TYPE_CHECKING:
     from synthhost.host import Host
@@ -29,6 +27,8 @@ def select_runs(
     pending_only: bool = False, limit: int = 10_000,
 ) -> list[str]:
     """Finished runs to re-send, oldest first."""
+    import sqlalchemy as sa
+
     from synthhost.outbox import EVENTS, IN_FLIGHT, OUTBOX, PARKED, PENDING
     from synthhost.traces import RUNS
 
@@ -59,6 +59,7 @@ def resend(
     """Export the selected runs now and wait; accepted runs' outbox rows are marked
     delivered. Returns ``{"selected", "accepted", "failed": {run_id: error}}``."""
     from synthhost.traces import load_trace
+    from synthhost_langfuse.exporter import LangfuseExporter
 
     config, reason = load_config(host.settings.env)
     if config is None:

@@ -6,6 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+# The outbox exporter's name and the events it takes (here, not in the exporter module,
+# so that registering them does not import the SDK).
+EXPORTER_NAME = "langfuse"
+EVENT_TYPES = ("run_finished",)
+
 DEFAULT_BASE_URL = "https://cloud.langfuse.com"
 
 

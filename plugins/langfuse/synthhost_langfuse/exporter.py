@@ -31,6 +31,8 @@ from synthhost.outbox import PermanentSendError, RetryableSendError
 from synthhost.storage.models import utcnow
 from synthhost.trace import Trace
 from synthhost.traces import load_trace
+from synthhost_langfuse.config import EVENT_TYPES as EVENT_TYPES
+from synthhost_langfuse.config import EXPORTER_NAME as EXPORTER_NAME
 from synthhost_langfuse.config import LangfuseConfig
 from synthhost_langfuse.mapping import TracePlan, plan_trace
 from synthhost_langfuse.redact import Redactor
@@ -41,8 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("synthhost.langfuse")
 
-EXPORTER_NAME = "langfuse"
-EVENT_TYPES = ("run_finished",)
 
 
 class _Recent:

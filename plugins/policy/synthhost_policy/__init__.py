@@ -20,14 +20,14 @@ from synthhost.errors import Denied, ErrorCode
 from synthhost.registry import RegisterFlag, RegisterGate, RegisterHealthCheck, RegisterMigrations, Stage
 from synthhost_policy.document import GLOBAL, PolicySet, load_policy_file, parse_policy
 from synthhost_policy.engine import Outcome, evaluate
-from synthhost_policy.runtime import PolicyRuntime
-from synthhost_policy.store import ApplyResult, apply_set, remove_set, target_workspace
 
 if TYPE_CHECKING:
     import click
 
     from synthhost.call import Call
     from synthhost.host import Host
+    from synthhost_policy.policy_runtime import PolicyRuntime
+    from synthhost_policy.store import ApplyResult
 
 FLAG = "enable_policy_engine"
 EVENT = "policy_evaluated"
@@ -40,6 +40,11 @@ def runtime(host: Host) -> PolicyRuntime:
     """This host's policy runtime (created, and loaded, on first use)."""
     rt = _runtimes.get(host)
     if rt is None:
+        # SQLAlchemy loads here, once per host, not at plugin import. (The module is not
+        # called ``runtime``: importing it lazily would rebind this package's ``runtime``
+        # attribute, this function, to the module.)
+        from synthhost_policy.policy_runtime import PolicyRuntime
+
         env = host.settings.env
         refresh = float(env.get("SYNTHHOST_POLICY_REFRESH_S") or host.settings.flag_refresh_s)
         rt = _runtimes[host] = PolicyRuntime(host.engine, refresh)
@@ -159,6 +164,8 @@ def apply_policy(
 ) -> ApplyResult:
     """Validate and store a policy set as a new version (visible at once to ``host``).
     ``source`` is a path, a YAML text, or a parsed :class:`PolicySet`."""
+    from synthhost_policy.store import apply_set, target_workspace
+
     if isinstance(source, PolicySet):
         policy = source
     elif isinstance(source, Path) or (isinstance(source, str) and "\n" not in source):
@@ -180,6 +187,8 @@ def remove_policy(
     global_: bool = False,
     actor: str | None = None,
 ) -> ApplyResult:
+    from synthhost_policy.store import remove_set, target_workspace
+
     target = target_workspace(None, workspace, global_)
     result = remove_set(host.engine, target, name, actor_name(actor))
     _refresh(host)
@@ -190,6 +199,15 @@ def _refresh(host: Host) -> None:
     rt = _runtimes.get(host)
     if rt is not None:
         rt.reload()
+
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ApplyResult":  # exported; its module loads SQLAlchemy, so on first use
+        from synthhost_policy.store import ApplyResult
+
+        return ApplyResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

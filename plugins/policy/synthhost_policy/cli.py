@@ -6,7 +6,7 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import yaml
@@ -14,10 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synthhost.call import Request
 from synthhost.errors import UsageError
-from synthhost.host import Host
 from synthhost_policy.document import GLOBAL, PolicyFileError, load_policy_file
 from synthhost_policy.engine import Decision, Plan, compile_set, evaluate
-from synthhost_policy.store import current_sets, get_version, history, target_workspace
+
+if TYPE_CHECKING:
+    from synthhost.host import Host
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,6 +40,7 @@ def policy_host() -> Iterator[Host]:
     """Like ``synthhost.cli.context.cli_host`` but with this plugin registered, so its
     tables exist whatever the plugin allow-list says (and under tests)."""
     import synthhost_policy
+    from synthhost.host import Host
 
     host = Host.from_env(plugins=[synthhost_policy])
     try:
@@ -50,6 +52,8 @@ def policy_host() -> Iterator[Host]:
 
 
 def _scope(workspace: str | None, global_: bool) -> str:
+    from synthhost_policy.store import target_workspace
+
     return target_workspace(None, workspace, global_)
 
 
@@ -69,6 +73,7 @@ def policy() -> None:
 def apply_command(file: Path, workspace: str | None, global_: bool, actor: str | None) -> None:
     """Validate FILE and store it as the next version of its set."""
     from synthhost_policy import apply_policy
+    from synthhost_policy.store import target_workspace
 
     try:
         parsed, _ = load_policy_file(file)
@@ -103,6 +108,8 @@ def rm_command(name: str, workspace: str | None, global_: bool, actor: str | Non
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_command(workspace: str | None, global_: bool, show_removed: bool, as_json: bool) -> None:
     """Sets in scope: the workspace's own and the global ones (only global with --global)."""
+    from synthhost_policy.store import current_sets
+
     target = _scope(workspace, global_)
     scopes = [GLOBAL] if target == GLOBAL else [target, GLOBAL]
     with policy_host() as host:
@@ -138,6 +145,8 @@ def list_command(workspace: str | None, global_: bool, show_removed: bool, as_js
 
 
 def _pick(host: Any, name: str, workspace: str | None, global_: bool, version: int | None) -> Any:
+    from synthhost_policy.store import get_version
+
     target = _scope(workspace, global_)
     row = get_version(host.engine, target, name, version)
     if row is None:
@@ -187,6 +196,8 @@ def show_command(name: str, workspace: str | None, global_: bool, version: int |
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def history_command(name: str, workspace: str | None, global_: bool, as_json: bool) -> None:
     """Every version of a set: who, when, what changed."""
+    from synthhost_policy.store import history
+
     target = _scope(workspace, global_)
     with policy_host() as host:
         entries = history(host.engine, target, name)

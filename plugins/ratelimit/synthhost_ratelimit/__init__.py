@@ -19,12 +19,8 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from synthhost import hookimpl
 from synthhost.registry import Stage
-from synthhost_ratelimit.runtime import RateLimiter
-from synthhost_ratelimit.store import Refresher
 
 if TYPE_CHECKING:
     import click
@@ -37,6 +33,7 @@ if TYPE_CHECKING:
         RegisterHealthCheck,
         RegisterMigrations,
     )
+    from synthhost_ratelimit.runtime import RateLimiter
 
 FLAG = "enable_rate_limiting"
 # post_call and on_failure run before everyone else's: the usage correction must happen
@@ -96,6 +93,13 @@ async def _health(host: Host) -> tuple[bool, str]:
 
 @hookimpl
 async def startup(host: Host) -> None:
+    # Redis, SQLAlchemy and the limiter load here, not at import: listing CLI commands
+    # imports every plugin.
+    import anyio
+
+    from synthhost_ratelimit.runtime import RateLimiter
+    from synthhost_ratelimit.store import Refresher
+
     limiter = RateLimiter.for_host(host)
     refresher = Refresher(host.engine, limiter.table, limiter.config.refresh_s)
     await anyio.to_thread.run_sync(refresher.reload)

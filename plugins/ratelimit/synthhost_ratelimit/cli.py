@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-import anyio
 import click
 
 from synthhost.cli.context import cli_host
 from synthhost.errors import UsageError
-from synthhost_ratelimit.limits import DEFAULT_LIMITS, SCOPES, Limit, ScopeCheck, scope_key
-from synthhost_ratelimit.models import GLOBAL_WORKSPACE
-from synthhost_ratelimit.store import Row, load_rows, resolve, set_limit, unset_limit
+from synthhost_ratelimit.limits import DEFAULT_LIMITS, GLOBAL_WORKSPACE, SCOPES, Limit, ScopeCheck, scope_key
+
+if TYPE_CHECKING:
+    from synthhost_ratelimit.store import Row
 
 _NONE_WORDS = ("none", "unlimited", "off", "-")
 
@@ -76,6 +76,8 @@ def set_command(workspace: str, scope: str, requests: str | None, tokens: str | 
         kwargs["tokens"] = tok
     if window is not None:
         kwargs["window_s"] = window
+    from synthhost_ratelimit.store import set_limit
+
     with cli_host() as host:
         row = set_limit(host.engine, workspace, scope, updated_by=os.environ.get("USER"), **kwargs)
     where = "every workspace" if workspace == GLOBAL_WORKSPACE else f"workspace {workspace}"
@@ -87,6 +89,8 @@ def set_command(workspace: str, scope: str, requests: str | None, tokens: str | 
 @click.option("--scope", "-s", required=True, type=click.Choice(SCOPES))
 def unset_command(workspace: str, scope: str) -> None:
     """Remove a row, so the next level (global, then default) applies."""
+    from synthhost_ratelimit.store import unset_limit
+
     with cli_host() as host:
         removed = unset_limit(host.engine, workspace, scope)
     click.echo(f"{scope} ({workspace}): {'removed' if removed else 'was not set'}")
@@ -97,6 +101,8 @@ def unset_command(workspace: str, scope: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_command(workspace: str | None, as_json: bool) -> None:
     """List configured rows, or the effective limits of one workspace."""
+    from synthhost_ratelimit.store import load_rows, resolve
+
     with cli_host() as host:
         rows = load_rows(host.engine)
     if workspace is None:
@@ -135,6 +141,10 @@ def list_command(workspace: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status_command(workspace: str, org: str | None, as_json: bool) -> None:
     """Current usage in the sliding window, read from Redis."""
+    import anyio
+
+    from synthhost_ratelimit.store import load_rows, resolve
+
     with cli_host() as host:
         rows = load_rows(host.engine)
         url = host.settings.redis_url

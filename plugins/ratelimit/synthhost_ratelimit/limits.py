@@ -12,6 +12,10 @@ from functools import lru_cache
 from typing import Literal, Protocol
 from urllib.parse import quote
 
+# The workspace id of the rows that apply to every workspace (cheap to import: the CLI
+# uses it as an option default).
+GLOBAL_WORKSPACE = "*"
+
 SCOPES: tuple[str, ...] = ("user", "workspace", "org", "agent", "model", "global")
 """Every scope, in the order decisions check them (ties between refusing scopes go to
 the first)."""

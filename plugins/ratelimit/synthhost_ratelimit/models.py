@@ -8,8 +8,7 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from synthhost.storage.models import ts_column
-
-GLOBAL_WORKSPACE = "*"
+from synthhost_ratelimit.limits import GLOBAL_WORKSPACE as GLOBAL_WORKSPACE
 
 
 class RateLimitConfig(SQLModel, table=True):

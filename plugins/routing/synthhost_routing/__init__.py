@@ -20,8 +20,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from synthhost import hookimpl
 from synthhost.call import Call, Recovery, StashKey
 from synthhost.errors import Denied, ProviderError
@@ -33,8 +31,8 @@ from synthhost.registry import (
     RegisterProvider,
     Stage,
 )
-from synthhost_routing import catalog, gateway, store
-from synthhost_routing.config import GLOBAL, Routing
+from synthhost_routing import catalog
+from synthhost_routing.catalog import GATEWAY_NAME, GLOBAL, PIN_KEY
 from synthhost_routing.decide import (
     MODEL_NOT_ALLOWED,
     NO_COMPLIANT_REGION,
@@ -44,12 +42,13 @@ from synthhost_routing.decide import (
     decide,
     next_route,
 )
-from synthhost_routing.runtime import RoutingRuntime
 
 if TYPE_CHECKING:
     import click
 
     from synthhost.host import Host
+    from synthhost_routing.config import Routing
+    from synthhost_routing.routing_runtime import RoutingRuntime
 
 FLAG = "enable_archgw_routing"
 EVENT = "route_decided"
@@ -65,6 +64,11 @@ def runtime(host: Host) -> RoutingRuntime:
     """This host's routing runtime (created, and loaded, on first use)."""
     rt = _runtimes.get(host)
     if rt is None:
+        # SQLAlchemy and pydantic load here, once per host, not at plugin import. (The
+        # module is not called ``runtime``: importing it lazily would rebind this
+        # package's ``runtime`` attribute, this function, to the module.)
+        from synthhost_routing.routing_runtime import RoutingRuntime
+
         env = host.settings.env
         refresh = float(env.get("SYNTHHOST_ROUTING_REFRESH_S") or host.settings.flag_refresh_s)
         rt = _runtimes[host] = RoutingRuntime(host.engine, refresh)
@@ -95,12 +99,25 @@ def register_migrations(register: RegisterMigrations) -> None:
 
 @hookimpl
 def register_providers(register: RegisterProvider) -> None:
-    register(gateway.NAME, gateway.factory)
+    register(GATEWAY_NAME, _gateway_factory)
 
 
 @hookimpl
 def register_health_checks(register: RegisterHealthCheck) -> None:
-    register("archgw", gateway.health)
+    register("archgw", _gateway_health)
+
+
+# The gateway provider (httpx) is imported when a host first uses it.
+def _gateway_factory(host: Host) -> Any:
+    from synthhost_routing import gateway
+
+    return gateway.factory(host)
+
+
+async def _gateway_health(host: Host) -> tuple[bool, str]:
+    from synthhost_routing import gateway
+
+    return await gateway.health(host)
 
 
 @hookimpl
@@ -115,6 +132,8 @@ def register_commands(cli: click.Group) -> None:
 
 @hookimpl
 async def startup(host: Host) -> None:
+    import anyio
+
     rt = await anyio.to_thread.run_sync(runtime, host)
     rt.start()
 
@@ -138,7 +157,7 @@ def pre_call(call: Call) -> None:
     if decision.changed:
         request.provider, request.model, request.region = decision.provider, decision.model, decision.region
     if decision.pin:
-        request.metadata[gateway.PIN_KEY] = True
+        request.metadata[PIN_KEY] = True
     if first:
         call.stash[DECISION] = decision
         data = call.attributes["route"] = decision.to_dict()
@@ -176,9 +195,9 @@ def on_failure(call: Call, error: BaseException, attempt: int) -> Recovery | Non
     changes: dict[str, Any] = {"provider": route.provider, "model": route.model, "region": route.region}
     metadata = dict(request.metadata)
     if route.provider in catalog.GATEWAY_PROVIDERS and cfg.gateway_pin and "/" in route.model:
-        metadata[gateway.PIN_KEY] = True
+        metadata[PIN_KEY] = True
     else:
-        metadata.pop(gateway.PIN_KEY, None)
+        metadata.pop(PIN_KEY, None)
     if metadata != request.metadata:
         changes["metadata"] = metadata
     reroutes = call.attributes.setdefault("route", {}).setdefault("reroutes", [])
@@ -222,6 +241,8 @@ def set_config(
     """Validate and store ``document`` as the workspace's (or the global) routing
     configuration, replacing what was there; visible at once in ``host``. Returns the
     stored version."""
+    from synthhost_routing import store
+
     version = store.save(host.engine, _target(workspace, global_), document, actor or os.environ.get("USER"))
     rt = _runtimes.get(host)
     if rt is not None:
@@ -240,6 +261,7 @@ def update_config(
 ) -> int:
     """Change some keys (dotted paths: ``plan``, ``region.data_residency``,
     ``fallbacks.gpt-4o``, ``models.gpt-4.1.context_window``) of the stored document."""
+    from synthhost_routing import store
     from synthhost_routing.cli import set_path, unset_path
 
     target = _target(workspace, global_)

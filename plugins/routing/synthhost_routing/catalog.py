@@ -114,6 +114,12 @@ PLANS: Mapping[str, tuple[str, ...] | None] = {
 # model names carry the upstream provider: ``openai/gpt-4o``).
 UNIVERSAL_PROVIDERS = frozenset({"echo"})
 GATEWAY_PROVIDERS = frozenset({"archgw"})
+# The gateway provider's name, and the request-metadata key that pins its upstream (here,
+# not in :mod:`synthhost_routing.gateway`, so that the call hooks need not import httpx).
+GATEWAY_NAME = "archgw"
+PIN_KEY = "archgw.pin_provider"
+# The configuration every workspace inherits is stored under this workspace id.
+GLOBAL = "*"
 
 # -- regions ----------------------------------------------------------------------------
 

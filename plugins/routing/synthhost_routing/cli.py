@@ -6,14 +6,16 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import yaml
 
 from synthhost.errors import UsageError
-from synthhost.host import Host
-from synthhost_routing.config import GLOBAL, ModelDoc, RegionDoc, Routing
+from synthhost_routing.catalog import GLOBAL
+
+if TYPE_CHECKING:
+    from synthhost.host import Host
+    from synthhost_routing.config import Routing
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,6 +26,8 @@ _LISTS = ("region.compliance", "region.allowed", "fallback_providers", "plans.",
 
 
 def _split(path: str) -> list[str]:
+    from synthhost_routing.config import ModelDoc, RegionDoc
+
     top, sep, rest = path.partition(".")
     if not sep:
         return [top]
@@ -44,6 +48,8 @@ def _split(path: str) -> list[str]:
 def parse_value(path: str, text: str) -> Any:
     """YAML for the value (``32000``, ``true``, ``[GDPR]``, ``null``); a comma list for a
     list field (``region.compliance=GDPR,HIPAA``)."""
+    import yaml
+
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
@@ -115,6 +121,7 @@ def routing_host() -> Iterator[Host]:
     """A migrated host from the environment with this plugin registered (its table exists
     whatever the plugin allow-list says), no background threads."""
     import synthhost_routing
+    from synthhost.host import Host
 
     host = Host.from_env(plugins=[synthhost_routing])
     try:
@@ -153,6 +160,8 @@ def routing() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show_command(workspace: str | None, global_: bool, as_json: bool) -> None:
     """The stored document and the effective configuration calls are routed with."""
+    import yaml
+
     from synthhost_routing import _target, store
     from synthhost_routing.config import effective
 
@@ -221,6 +230,8 @@ def set_command(
 @click.option("--actor", default=None, help="Who makes the change (default: $USER).")
 def apply_command(file: Path, workspace: str | None, global_: bool, actor: str | None) -> None:
     """Replace the workspace's configuration with FILE (YAML; may name its workspace)."""
+    import yaml
+
     from synthhost_routing import _target, set_config
 
     try:

@@ -17,9 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from synthhost.errors import UsageError
 from synthhost_routing import catalog
+from synthhost_routing.catalog import GLOBAL as GLOBAL
 from synthhost_routing.catalog import ModelInfo
-
-GLOBAL = "*"
 
 
 class _Strict(BaseModel):

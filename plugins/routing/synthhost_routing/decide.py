@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthhost.call import Request
 from synthhost.errors import Denied
 from synthhost_routing import catalog
-from synthhost_routing.config import Routing
+
+if TYPE_CHECKING:
+    from synthhost_routing.config import Routing
 
 # Denial codes (stable: they appear in run records, events and exports).
 PROMPT_TOO_LONG = "PROMPT_TOO_LONG"

@@ -36,15 +36,16 @@ import httpx
 from synthhost.call import Call, Request, Response
 from synthhost.errors import ErrorCode, ProviderError, UsageError
 from synthhost.providers.openai import DEFAULT_TIMEOUT_S, OpenAIProvider
+from synthhost_routing.catalog import GATEWAY_NAME
+from synthhost_routing.catalog import PIN_KEY as PIN_KEY
 
 if TYPE_CHECKING:
     from synthhost.host import Host
 
-NAME = "archgw"
+NAME = GATEWAY_NAME
 DEFAULT_URL = "http://127.0.0.1:12000/v1"
 HINT_HEADER = "x-arch-llm-provider-hint"
 HINT_KEY = "archgw.provider_hint"
-PIN_KEY = "archgw.pin_provider"
 
 _headers: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("archgw_headers", default=None)
 

@@ -11,14 +11,23 @@ retries and parking are the host outbox's (``synthhost queue stats``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from synthhost import hookimpl
 from synthhost.registry import RegisterExporter, RegisterFlag, RegisterGate, RegisterHealthCheck, Stage
-from synthhost_rudderstack.exporter import Config, RudderStackExporter
 
 if TYPE_CHECKING:
     from synthhost.host import Host
+    from synthhost_rudderstack.exporter import RudderStackExporter
+
+def __getattr__(name: str) -> Any:
+    # Config and RudderStackExporter were importable from here: still are, loaded on first use.
+    if name in ("Config", "RudderStackExporter"):
+        from synthhost_rudderstack import exporter
+
+        return getattr(exporter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 NAME = "rudderstack"
 FLAG = "disable_rudderstack_export"
@@ -30,6 +39,9 @@ def _gate(flags: Mapping[str, bool]) -> bool:
 
 def make_exporter(host: Host) -> RudderStackExporter | None:
     """The outbox calls this at start-up; ``None`` (no write key) queues nothing."""
+    # The exporter imports the outbox (SQLAlchemy): loaded here, not at plugin import.
+    from synthhost_rudderstack.exporter import Config, RudderStackExporter
+
     config = Config.from_env(host.settings.env)
     return RudderStackExporter(config) if config is not None else None
 
@@ -50,6 +62,8 @@ def register_exporters(register: RegisterExporter) -> None:
 
 
 def _health(host: Host) -> tuple[bool, str]:
+    from synthhost_rudderstack.exporter import Config
+
     config = Config.from_env(host.settings.env)
     if config is None:
         return True, "not configured (RUDDERSTACK_WRITE_KEY unset)"

@@ -7,14 +7,6 @@ import json
 import click
 
 from synthhost.cli.context import cli_host
-from synthhost_similarity import admin
-from synthhost_similarity.embedders import make_embedder
-from synthhost_similarity.service import (
-    DEFAULT_ACTION,
-    DEFAULT_THRESHOLD,
-    parse_action,
-    parse_threshold,
-)
 
 workspace_option = click.option("--workspace", "-w", default="default", show_default=True, help="The workspace.")
 
@@ -34,6 +26,9 @@ def known() -> None:
 @workspace_option
 def known_add(text: str, workspace: str) -> None:
     """Add TEXT to the workspace's known prompts."""
+    from synthhost_similarity import admin
+    from synthhost_similarity.embedders import make_embedder
+
     with cli_host() as host:
         embedder = make_embedder(host.settings.env)
         try:
@@ -53,6 +48,8 @@ def known_add(text: str, workspace: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def known_list(workspace: str, as_json: bool) -> None:
     """List the workspace's known prompts."""
+    from synthhost_similarity import admin
+
     with cli_host() as host:
         rows = admin.list_known(host.engine, workspace)
     if as_json:
@@ -82,6 +79,8 @@ def known_list(workspace: str, as_json: bool) -> None:
 @workspace_option
 def known_rm(ref_id: str, workspace: str) -> None:
     """Remove known prompt ID from the workspace."""
+    from synthhost_similarity import admin
+
     with cli_host() as host:
         admin.remove_known(host.engine, workspace, ref_id)
     click.echo(f"removed known prompt {ref_id} from workspace {workspace}")
@@ -99,6 +98,9 @@ def known_rm(ref_id: str, workspace: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def config(workspace: str, threshold: str | None, action: str | None, reset: bool, as_json: bool) -> None:
     """Show or set the workspace's threshold and action."""
+    from synthhost_similarity import admin
+    from synthhost_similarity.service import DEFAULT_ACTION, DEFAULT_THRESHOLD, parse_action, parse_threshold
+
     value = parse_threshold(threshold, "--threshold") if threshold is not None else None
     act = parse_action(action, "--action") if action is not None else None
     with cli_host() as host:

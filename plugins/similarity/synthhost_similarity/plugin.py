@@ -13,15 +13,13 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-import anyio
-
 from synthhost import Stage, hookimpl
-from synthhost.call import Call, Response
-from synthhost_similarity.service import FLAG_CHECK, FLAG_LOG, SimilarityService
+from synthhost_similarity.flags import FLAG_CHECK, FLAG_LOG
 
 if TYPE_CHECKING:
     import click
 
+    from synthhost.call import Call, Response
     from synthhost.host import Host
     from synthhost.registry import (
         RegisterFlag,
@@ -29,6 +27,7 @@ if TYPE_CHECKING:
         RegisterHealthCheck,
         RegisterMigrations,
     )
+    from synthhost_similarity.service import SimilarityService
 
 MIGRATIONS: Final = Path(__file__).resolve().parent / "migrations"
 
@@ -39,6 +38,10 @@ def service_for(host: Host) -> SimilarityService:
     """This plugin's state for ``host`` (created on first use if start-up was skipped)."""
     service = _SERVICES.get(host)
     if service is None:
+        # numpy, SQLAlchemy and the service load here (start-up), not when the CLI
+        # imports the plugin to list its commands.
+        from synthhost_similarity.service import SimilarityService
+
         service = _SERVICES[host] = SimilarityService(host)
     return service
 
@@ -109,6 +112,8 @@ async def shutdown(host: Host) -> None:
         return
     # Leave the writer's share of the shutdown budget: it commits what we queue here.
     budget = max(0.5, host.settings.shutdown_timeout_s / 2)
+    import anyio
+
     await anyio.to_thread.run_sync(service.stop, budget, abandon_on_cancel=True)
     aclose = getattr(service.embedder, "aclose", None)
     if aclose is not None:

@@ -42,6 +42,8 @@ from synthhost.call import Call, StashKey, new_id
 from synthhost.errors import Denied, ErrorCode, UsageError
 from synthhost.storage.models import utcnow
 from synthhost_similarity.embedders import Embedder, Vector, make_embedder
+from synthhost_similarity.flags import FLAG_CHECK as FLAG_CHECK
+from synthhost_similarity.flags import FLAG_LOG as FLAG_LOG
 from synthhost_similarity.index import EXACT_LIMIT
 from synthhost_similarity.models import (
     ACTIONS,
@@ -62,8 +64,6 @@ REFS = PromptReference.__table__  # type: ignore[attr-defined]
 
 log = logging.getLogger("synthhost.similarity")
 
-FLAG_LOG: Final = "enable_similarity_logging"
-FLAG_CHECK: Final = "enable_prompt_similarity_check"
 DEFAULT_THRESHOLD: Final = Decimal("0.85")
 DEFAULT_ACTION: Final = "blocked"
 EVENT_LOGGED: Final = "prompt_similarity_logged"

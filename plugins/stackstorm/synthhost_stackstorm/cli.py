@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from synthhost.errors import UsageError
-from synthhost_stackstorm.pack import PackRunner, ParameterError, pack_dir, validate_pack
 
 
 @click.group()
@@ -19,6 +18,8 @@ def stackstorm() -> None:
 @stackstorm.command("pack-path")
 def pack_path() -> None:
     """Print the directory of the synthralos pack shipped with the plugin."""
+    from synthhost_stackstorm.pack import pack_dir
+
     click.echo(str(pack_dir()))
 
 
@@ -26,6 +27,8 @@ def pack_path() -> None:
 @click.argument("path", required=False, type=click.Path(file_okay=False, path_type=Path))
 def validate(path: Path | None) -> None:
     """Check a pack (default: the shipped one) the way st2 would; exit 1 on problems."""
+    from synthhost_stackstorm.pack import pack_dir, validate_pack
+
     root = path or pack_dir()
     if not (root / "pack.yaml").is_file():
         raise UsageError(f"{root}: no pack.yaml (not a StackStorm pack directory)")
@@ -43,6 +46,8 @@ def validate(path: Path | None) -> None:
 def dry_run(action: str, params_json: str) -> None:
     """Run a pack action here (python actions called, workflows interpreted) and print
     its status and result: what StackStorm would answer the host."""
+    from synthhost_stackstorm.pack import PackRunner, ParameterError
+
     try:
         params = json.loads(params_json)
     except ValueError as exc:

@@ -38,16 +38,17 @@ from typing import TYPE_CHECKING, Any, Final
 from synthhost import Denied, ProviderError, Recovery, Stage, StashKey, hookimpl
 from synthhost.call import Call, Response
 from synthhost_stackstorm import decisions
-from synthhost_stackstorm.client import Execution, St2Client, St2Error
 from synthhost_stackstorm.config import Config
 from synthhost_stackstorm.decisions import Refused
-from synthhost_stackstorm.webhook import WebhookSender
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     import click
 
     from synthhost.host import Host
     from synthhost.registry import RegisterFlag, RegisterGate, RegisterHealthCheck
+    from synthhost_stackstorm.client import Execution, St2Client, St2Error
 
 log = logging.getLogger("synthhost.stackstorm")
 
@@ -65,6 +66,11 @@ class StackStormState:
     """Per host: the configuration read at start-up, the webhook sender, log throttles."""
 
     def __init__(self, host: Host) -> None:
+        # httpx and the st2 client load here (start-up), not when the CLI imports the plugin.
+        from synthhost_stackstorm import client
+        from synthhost_stackstorm.webhook import WebhookSender
+
+        self.client: ModuleType = client
         self.host = host
         self.config, self.why_inert = Config.from_env(host.settings.env)
         self.webhooks = WebhookSender(self.config) if self.config is not None else None
@@ -145,6 +151,8 @@ def shutdown(host: Host) -> None:
 async def health(host: Host) -> tuple[bool, str]:
     """Inert (not configured, or ``ENABLE_STACKSTORM=false``) is healthy and says so;
     configured means st2api answers and the pack's three workflows are installed."""
+    from synthhost_stackstorm.client import St2Client, St2Error
+
     state = _STATES.get(host)
     config, why = (state.config, state.why_inert) if state is not None else Config.from_env(host.settings.env)
     if config is None:
@@ -207,14 +215,15 @@ async def on_failure(call: Call, error: BaseException, attempt: int) -> Recovery
     if not modes:
         return None
     deadline = time.monotonic() + config.timeout_s  # one budget for this failure, whatever the modes
-    async with St2Client(config) as st2:
+    client = state.client
+    async with client.St2Client(config) as st2:
         for flag, mode in modes:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             try:
                 recovery = await mode(st2, config, call, error, attempt, remaining)
-            except St2Error as exc:
+            except client.St2Error as exc:
                 _st2_error(state, call, flag, exc, attempt)
                 if exc.kind in ("unreachable", "unauthorized"):
                     break  # asking the next workflow would fail the same way
@@ -226,7 +235,7 @@ async def on_failure(call: Call, error: BaseException, attempt: int) -> Recovery
 
 # -- the three modes ---------------------------------------------------------------------------
 
-Mode = Callable[[St2Client, Config, Call, ProviderError, int, float], Awaitable[Recovery | None]]
+Mode = Callable[["St2Client", Config, Call, ProviderError, int, float], Awaitable[Recovery | None]]
 
 
 async def _retry(st2: St2Client, config: Config, call: Call, error: ProviderError, attempt: int,
@@ -300,6 +309,8 @@ def _reason(execution: Execution) -> str:
 
 
 def _refused(ref: str, execution: Execution, exc: Refused) -> St2Error:
+    from synthhost_stackstorm.client import St2Error  # a refused answer: after an st2 round trip
+
     return St2Error("invalid_response", f"{ref} execution {execution.id}: answer refused: {exc}",
                     execution_id=execution.id, execution=execution)
 
