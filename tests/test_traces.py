@@ -94,3 +94,15 @@ def test_trio_backend_runs_the_host(make_host):
             return response.text
 
     assert trio.run(main) == "echo: from trio"
+
+
+def test_sync_wrappers_for_apps_without_an_event_loop(make_host):
+    from synthhost.agent import parse_agent
+
+    host = make_host()
+    response = host.complete_sync(model="echo/gpt-4o-mini", messages="no loop here", workspace="sync")
+    assert response.text == "echo: no loop here"
+    again = make_host()
+    result = again.run_sync(parse_agent(AGENT), workspace="sync", inputs={"topic": "dogs"})
+    assert result.ok and result.outputs["draft"] == "echo: Write about dogs"
+    assert again.count("runs", workspace_id="sync") == 2  # the stand-alone call and the run
