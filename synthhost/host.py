@@ -31,7 +31,7 @@ from synthhost.traces import redact, secret_values
 
 if TYPE_CHECKING:
     from synthhost.agent import AgentSpec
-    from synthhost.trace import RunResult
+    from synthhost.trace import RunResult, StepResult
 
 log = logging.getLogger("synthhost")
 
@@ -298,13 +298,16 @@ class Host:
         workspace: str | None = None,
         user: str | None = None,
         org: str | None = None,
+        on_step: Callable[[int, int, StepResult], None] | None = None,
     ) -> RunResult:
         """Run an agent's steps through the plugin chain; the run's rows are durable
-        before this returns."""
+        before this returns. ``on_step(index, total, step)`` is called as each step
+        ends (1-based index), for live progress."""
         from synthhost.runner import run_agent
 
         await self.start()
-        return await run_agent(self, spec, inputs=inputs or {}, workspace=workspace, user=user, org=org)
+        return await run_agent(self, spec, inputs=inputs or {}, workspace=workspace, user=user, org=org,
+                               on_step=on_step)
 
     # -- sync wrappers for apps without an event loop -----------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -257,7 +257,7 @@ def build_trace(run: RunState, status: str, ended: float, output: Any, error: Sy
 
 async def run_agent(
     host: Host, spec: AgentSpec, *, inputs: Mapping[str, Any], workspace: str | None,
-    user: str | None, org: str | None,
+    user: str | None, org: str | None, on_step: Callable[[int, int, StepResult], None] | None = None,
 ) -> RunResult:
     from synthhost.agent import render_step, resolve_inputs, step_variables
 
@@ -302,6 +302,9 @@ async def run_agent(
                 call.retry_initial_delay_s = spec.retry.initial_delay_s
                 call.retry_max_delay_s = spec.retry.max_delay_s
                 response = await traced_call(host, call, run)
+                output = response.text
+                result.outputs[step.output or step.name] = output
+                step_result.status, step_result.output = "ok", output
             except SynthhostError as err:
                 step_span.status, step_span.error_code, step_span.error_message = "error", err.code, err.message
                 step_result.status, step_result.error_code, step_result.error_message = "error", err.code, err.message
@@ -311,9 +314,8 @@ async def run_agent(
                 if step_span.status == "running":
                     step_span.status = "ok"
                 run.add_span(step_span)
-            output = response.text
-            result.outputs[step.output or step.name] = output
-            step_result.status, step_result.output = "ok", output
+                if on_step is not None and step_result.status != "running":
+                    on_step(len(result.steps), len(spec.steps), step_result)
     except SynthhostError as err:
         error = err
     except BaseException:

@@ -69,12 +69,18 @@ class FakeHost:
         self.runs: list[tuple[AgentSpec, dict[str, Any], str | None]] = []
         self.opened = 0
 
-    async def run(self, spec: AgentSpec, *, inputs: dict[str, Any], workspace: str | None) -> RunResult:
+    async def run(
+        self, spec: AgentSpec, *, inputs: dict[str, Any], workspace: str | None, on_step: Any = None
+    ) -> RunResult:
         self.runs.append((spec, inputs, workspace))
         if self.outcome == "usage":
             raise UsageError("the host refused it")
         ws = workspace or spec.workspace
-        return ok_result(spec, ws) if self.outcome == "ok" else failed_result(spec, ws)
+        result = ok_result(spec, ws) if self.outcome == "ok" else failed_result(spec, ws)
+        for index, step in enumerate(result.steps, 1):
+            if on_step is not None:
+                on_step(index, len(spec.steps), step)
+        return result
 
 
 @pytest.fixture

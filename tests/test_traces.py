@@ -106,3 +106,14 @@ def test_sync_wrappers_for_apps_without_an_event_loop(make_host):
     result = again.run_sync(parse_agent(AGENT), workspace="sync", inputs={"topic": "dogs"})
     assert result.ok and result.outputs["draft"] == "echo: Write about dogs"
     assert again.count("runs", workspace_id="sync") == 2  # the stand-alone call and the run
+
+
+async def test_on_step_reports_each_step_as_it_ends(make_host):
+    from synthhost.agent import parse_agent
+
+    seen: list[tuple[int, int, str, str]] = []
+    async with make_host() as host:
+        result = await host.run(parse_agent(AGENT), workspace="p",
+                                on_step=lambda i, n, step: seen.append((i, n, step.name, step.status)))
+    assert result.ok
+    assert seen == [(1, 2, "draft", "ok"), (2, 2, "polish", "ok")]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from synthhost.agent import AgentSpec
     from synthhost.host import Host
-    from synthhost.trace import RunResult
+    from synthhost.trace import RunResult, StepResult
 
 
 def _open_host() -> AbstractAsyncContextManager[Host]:
@@ -51,21 +51,27 @@ def parse_inputs(pairs: Sequence[str]) -> dict[str, str]:
     return values
 
 
+def format_step_line(index: int, total: int, step: StepResult, width: int) -> str:
+    line = f"step {index}/{total} {step.name:<{width}}  {step.status:<5}  {step.model or ''}"
+    if step.error_code:
+        line += f"  {step.error_code}"
+    return line.rstrip()
+
+
 def format_step_lines(result: RunResult) -> list[str]:
     """One short line per step that ran, then a summary line."""
-    lines: list[str] = []
     width = max((len(s.name) for s in result.steps), default=0)
     total = len(result.steps)
-    for i, step in enumerate(result.steps, 1):
-        line = f"step {i}/{total} {step.name:<{width}}  {step.status:<5}  {step.model or ''}"
-        if step.error_code:
-            line += f"  {step.error_code}"
-        lines.append(line.rstrip())
+    lines = [format_step_line(i, total, step, width) for i, step in enumerate(result.steps, 1)]
+    lines.append(format_summary(result))
+    return lines
+
+
+def format_summary(result: RunResult) -> str:
     summary = f"run {result.run_id[:12]} {result.status} in {result.duration_ms:.1f} ms"
     if result.cost_usd is not None:
         summary += f", ${result.cost_usd}"
-    lines.append(summary)
-    return lines
+    return summary
 
 
 def error_line(result: RunResult) -> str:
@@ -73,13 +79,18 @@ def error_line(result: RunResult) -> str:
     return f"Error: {result.error_code or 'ERROR'}: {message}"
 
 
-async def execute(spec: AgentSpec, inputs: Mapping[str, Any], workspace: str | None) -> RunResult:
+async def execute(
+    spec: AgentSpec,
+    inputs: Mapping[str, Any],
+    workspace: str | None,
+    on_step: Callable[[int, int, StepResult], None] | None = None,
+) -> RunResult:
     """Open a host, check the agent's providers against it, and run the agent."""
     from synthhost.agent import check_providers
 
     async with _open_host() as host:
         check_providers(spec, host.registry.providers, spec.source)
-        return await host.run(spec, inputs=dict(inputs), workspace=workspace)
+        return await host.run(spec, inputs=dict(inputs), workspace=workspace, on_step=on_step)
 
 
 @click.command("run")
@@ -124,11 +135,19 @@ def run_command(
     except UsageError as exc:
         _fail_usage(exc)
 
+    if progress is None:
+        progress = _isatty(sys.stderr)
+    width = max(len(step.name) for step in spec.steps)
+
+    def show_step(index: int, total: int, step: StepResult) -> None:
+        if progress and not as_json:  # live: each line as its step ends
+            click.echo(format_step_line(index, total, step, width), err=True)
+
     async def main() -> RunResult | SynthhostError:
         # Errors come back as values: raised inside the runner's task group they would
         # surface wrapped in an ExceptionGroup.
         try:
-            return await execute(spec, inputs, workspace)
+            return await execute(spec, inputs, workspace, show_step)
         except SynthhostError as exc:
             return exc
 
@@ -140,13 +159,10 @@ def run_command(
         ctx.exit(1)
     result: RunResult = outcome
 
-    if progress is None:
-        progress = _isatty(sys.stderr)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     elif progress:
-        for line in format_step_lines(result):
-            click.echo(line, err=True)
+        click.echo(format_summary(result), err=True)
     if result.ok:
         if not as_json:
             click.echo(result.output or "")
