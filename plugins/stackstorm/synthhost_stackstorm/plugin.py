@@ -214,12 +214,15 @@ async def on_failure(call: Call, error: BaseException, attempt: int) -> Recovery
              and (flag != RETRY_FLAG or error.retryable)]
     if not modes:
         return None
-    deadline = time.monotonic() + config.timeout_s  # one budget for this failure, whatever the modes
     client = state.client
     async with client.St2Client(config) as st2:
+        deadline = time.monotonic() + config.timeout_s  # one budget for this failure, whatever the modes
         for flag, mode in modes:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                # Say so: a skipped workflow is a StackStorm failure like any other.
+                _st2_error(state, call, flag, client.St2Error(
+                    "deadline", f"STACKSTORM_TIMEOUT ({config.timeout_s:g}s) spent before asking"), attempt)
                 break
             try:
                 recovery = await mode(st2, config, call, error, attempt, remaining)
