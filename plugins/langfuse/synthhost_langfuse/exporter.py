@@ -21,8 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -34,6 +33,7 @@ from synthhost.traces import load_trace
 from synthhost_langfuse.config import EVENT_TYPES as EVENT_TYPES
 from synthhost_langfuse.config import EXPORTER_NAME as EXPORTER_NAME
 from synthhost_langfuse.config import LangfuseConfig
+from synthhost_langfuse.locks import KeyedLocks
 from synthhost_langfuse.mapping import TracePlan, plan_trace
 from synthhost_langfuse.redact import Redactor
 from synthhost_langfuse.sdk import LangfuseBackend, Outcome
@@ -68,36 +68,6 @@ class _Recent:
         return len(self._items)
 
 
-class _KeyedLocks:
-    """One holder per key at a time (reference-counted, so the table stays small)."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, list[Any]] = {}
-
-    @contextmanager
-    def hold(self, keys: Iterable[str]) -> Iterator[None]:
-        ordered = sorted(set(keys))
-        with self._guard:
-            entries = []
-            for key in ordered:
-                entry = self._locks.setdefault(key, [threading.Lock(), 0])
-                entry[1] += 1
-                entries.append(entry)
-        for entry in entries:
-            entry[0].acquire()
-        try:
-            yield
-        finally:
-            for entry in reversed(entries):
-                entry[0].release()
-            with self._guard:
-                for key, entry in zip(ordered, entries, strict=True):
-                    entry[1] -= 1
-                    if entry[1] == 0:
-                        self._locks.pop(key, None)
-
-
 class LangfuseExporter:
     """One per host. The outbox reads its tuning attributes once, at start."""
 
@@ -118,7 +88,7 @@ class LangfuseExporter:
         self.last_error: str | None = None
         self.last_ok: bool | None = None
         self.exported = _Recent()
-        self._runs = _KeyedLocks()
+        self._runs = KeyedLocks()
         self._backend: LangfuseBackend | None = None
         self._backend_lock = threading.Lock()
         self._closed = False

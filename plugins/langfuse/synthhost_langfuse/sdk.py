@@ -49,6 +49,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.util._decorator import _agnosticcontextmanager
 
 from synthhost_langfuse.config import LangfuseConfig
+from synthhost_langfuse.locks import KeyedLocks
 from synthhost_langfuse.mapping import Observation, TracePlan
 
 log = logging.getLogger("synthhost.langfuse")
@@ -375,8 +376,7 @@ class LangfuseBackend:
         if not getattr(self.client, "_tracing_enabled", True):
             raise RuntimeError("Langfuse tracing is disabled in this process (LANGFUSE_TRACING_ENABLED=false)")
         self._closed = False
-        self._inflight: dict[int, list[Any]] = {}  # trace id -> [lock, users]
-        self._inflight_guard = threading.Lock()
+        self._inflight = KeyedLocks()  # one export of a given trace at a time
 
     # -- building ---------------------------------------------------------------------
 
@@ -419,36 +419,13 @@ class LangfuseBackend:
 
     # -- exporting --------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _exclusive(self, trace_ids: list[int]) -> Iterator[None]:
-        """One export of a given trace at a time (tickets are per trace id)."""
-        keys = sorted(set(trace_ids))
-        with self._inflight_guard:
-            entries = []
-            for key in keys:
-                entry = self._inflight.setdefault(key, [threading.Lock(), 0])
-                entry[1] += 1
-                entries.append(entry)
-        for entry in entries:
-            entry[0].acquire()
-        try:
-            yield
-        finally:
-            for entry in reversed(entries):
-                entry[0].release()
-            with self._inflight_guard:
-                for key, entry in zip(keys, entries, strict=True):
-                    entry[1] -= 1
-                    if entry[1] == 0:
-                        self._inflight.pop(key, None)
-
     def export(self, plans: Sequence[TracePlan]) -> dict[str, Outcome]:
         """Send traces and wait until Langfuse accepted them or the SDK gave up
         (``timeout`` with its retries). Returns an outcome per run id."""
         if self._closed:
             return {p.run_id: Outcome(False, "langfuse exporter is shut down") for p in plans}
         outcomes: dict[str, Outcome] = {}
-        with self._exclusive([p.trace_id for p in plans]):
+        with self._inflight.hold(p.trace_id for p in plans):
             tickets = {p.run_id: self.exporter.track(p.trace_id, p.span_ids) for p in plans}
             try:
                 queued = 0
