@@ -27,15 +27,12 @@ def _host() -> Iterator[Host]:
     """A host from the environment with this plugin registered (so its migrations run
     even when entry points are not scanned), migrated, no background threads."""
     import synthhost_cost
-    from synthhost.host import Host
+    from synthhost.cli.context import cli_host
 
-    host = Host.from_env(plugins=[synthhost_cost])
-    try:
-        if host.settings.auto_migrate:
-            host.migrate()
+    # Entry points as a plain Host would load them (none under tests): this plugin is
+    # registered explicitly, so its tables exist whatever the allow-list says.
+    with cli_host(plugins=[synthhost_cost], load_entrypoints=None) as host:
         yield host
-    finally:
-        host.engine.dispose()
 
 
 def _echo_json(value: Any) -> None:

@@ -37,15 +37,12 @@ def guardrails_host() -> Iterator[Host]:
     """A host with this plugin registered, so its table exists whatever the plugin
     allow-list says (and under tests)."""
     import synthhost_guardrails
-    from synthhost.host import Host
+    from synthhost.cli.context import cli_host
 
-    host = Host.from_env(plugins=[synthhost_guardrails])
-    try:
-        if host.settings.auto_migrate:
-            host.migrate()
+    # Entry points as a plain Host would load them (none under tests): this plugin is
+    # registered explicitly, so its tables exist whatever the allow-list says.
+    with cli_host(plugins=[synthhost_guardrails], load_entrypoints=None) as host:
         yield host
-    finally:
-        host.engine.dispose()
 
 
 def _load(file: Path) -> Any:

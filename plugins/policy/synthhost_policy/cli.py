@@ -40,15 +40,12 @@ def policy_host() -> Iterator[Host]:
     """Like ``synthhost.cli.context.cli_host`` but with this plugin registered, so its
     tables exist whatever the plugin allow-list says (and under tests)."""
     import synthhost_policy
-    from synthhost.host import Host
+    from synthhost.cli.context import cli_host
 
-    host = Host.from_env(plugins=[synthhost_policy])
-    try:
-        if host.settings.auto_migrate:
-            host.migrate()
+    # Entry points as a plain Host would load them (none under tests): this plugin is
+    # registered explicitly, so its tables exist whatever the allow-list says.
+    with cli_host(plugins=[synthhost_policy], load_entrypoints=None) as host:
         yield host
-    finally:
-        host.engine.dispose()
 
 
 def _scope(workspace: str | None, global_: bool) -> str:

@@ -121,15 +121,12 @@ def routing_host() -> Iterator[Host]:
     """A migrated host from the environment with this plugin registered (its table exists
     whatever the plugin allow-list says), no background threads."""
     import synthhost_routing
-    from synthhost.host import Host
+    from synthhost.cli.context import cli_host
 
-    host = Host.from_env(plugins=[synthhost_routing])
-    try:
-        if host.settings.auto_migrate:
-            host.migrate()
+    # Entry points as a plain Host would load them (none under tests): this plugin is
+    # registered explicitly, so its tables exist whatever the allow-list says.
+    with cli_host(plugins=[synthhost_routing], load_entrypoints=None) as host:
         yield host
-    finally:
-        host.engine.dispose()
 
 
 def scope_options(fn: F) -> F:
