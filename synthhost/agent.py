@@ -126,7 +126,8 @@ def _check_model_ref(value: str) -> str:
     provider, model = split_model(value)
     if not provider or not model or any(c.isspace() for c in value):
         raise ValueError(f"model must be 'provider/model' or a bare model name, got {value!r}")
-    return f"{provider}/{model}"
+    # A bare name stays bare: the host resolves it (a model-list name or alias, else echo).
+    return value
 
 
 def _check_identifier(value: str, what: str) -> str:

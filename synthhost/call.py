@@ -52,6 +52,8 @@ class Request:
     params: dict[str, Any] = field(default_factory=dict)
     region: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # synthhost.tokens memoises its estimate here: (key, tokens).
+    token_memo: tuple[Any, int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def prompt(self) -> str:

@@ -6,12 +6,13 @@ The call chain itself lives in :mod:`synthhost.chain`, runs in :mod:`synthhost.r
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import sqlalchemy as sa
@@ -20,6 +21,7 @@ from synthhost.call import Call, Response, new_id
 from synthhost.chain import Chains
 from synthhost.errors import UnknownProvider
 from synthhost.flags import FlagStore
+from synthhost.models import Deployment, ModelList, build_provider, env_api_key_names
 from synthhost.outbox import OUTBOX_INSERT, OutboxWorker, outbox_rows
 from synthhost.plugins import PluginSet, running_under_tests
 from synthhost.registry import Provider, RegistrationError, Registry
@@ -51,6 +53,10 @@ class _Redactor:
             if values.get(column) is not None:
                 values[column] = redact(values[column], self.secrets)
         return values
+
+
+def _deployment_provider(deployment: Deployment, host: Host) -> Provider:
+    return cast(Provider, build_provider(deployment, host.settings.env))
 
 
 class Host:
@@ -87,9 +93,13 @@ class Host:
         self.plugins.register_all(plugins)
         self.pm = self.plugins.pm
         self.registry = self._collect_registrations()
+        self.models = self._load_models()
         self.engine = db.create_engine(self.settings.database_url)
         self.writer = BatchedWriter(self.engine, stats=self.stats)
         self._secrets = secret_values(self.settings.env)
+        # A deployment's key may sit under any variable name: redact those values too.
+        extra = [v for k in env_api_key_names(self.models) if len(v := self.settings.env.get(k, "")) >= 8]
+        self._secrets = sorted({*self._secrets, *extra}, key=len, reverse=True)
         redactor = _Redactor(self._secrets)
         for table in ("spans", "runs", "event_logs"):
             self.writer.transforms[table] = redactor
@@ -122,7 +132,9 @@ class Host:
             impl.function(register=lambda path, _p=p: reg.add_migrations(_p, path))
         for impl in hook.register_providers.get_hookimpls():
             p = impl.plugin_name
-            impl.function(register=lambda name, factory, _p=p: reg.add_provider(_p, name, factory))
+            builtin = self.plugins.info[p].default if p in self.plugins.info else False
+            impl.function(register=lambda name, factory, _p=p, _b=builtin: reg.add_provider(_p, name, factory,
+                                                                                             builtin=_b))
         for impl in hook.register_exporters.get_hookimpls():
             p = impl.plugin_name
             impl.function(register=lambda name, factory, _p=p, **kw: reg.add_exporter(_p, name, factory, **kw))
@@ -133,6 +145,13 @@ class Host:
             if isinstance(gate.gate, str) and gate.gate not in reg.flags:
                 raise RegistrationError(f"plugin {name!r} is gated by undeclared flag {gate.gate!r}")
         return reg
+
+    def _load_models(self) -> ModelList:
+        """The model list; each deployment is also a provider named after it."""
+        models = ModelList.from_env(self.settings.env)
+        for d in models.deployments.values():
+            self.registry.add_provider("synthhost.models", d.name, functools.partial(_deployment_provider, d))
+        return models
 
     # -- lifecycle -----------------------------------------------------------------------
 

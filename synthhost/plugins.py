@@ -1,8 +1,8 @@
 """The plugin manager: default plugins plus the ``synthhost`` entry-point group.
 
 ``SYNTHHOST_LOAD_PLUGINS`` is an allow-list of entry-point names (comma-separated); set
-but empty means "no installed plugins"; unset means all. Default plugins (the echo and
-OpenAI providers, default recovery, the scheduler's flag) are always registered. Entry points are scanned once
+but empty means "no installed plugins"; unset means all. Default plugins (the echo, OpenAI,
+Anthropic and Gemini providers, default recovery, the scheduler's flag) are always registered. Entry points are scanned once
 per process (cached) and loaded lazily when a host is built; loading is idempotent.
 """
 
@@ -23,6 +23,8 @@ from synthhost import hookspecs
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "synthhost.default_plugins.echo",
     "synthhost.default_plugins.openai",
+    "synthhost.default_plugins.anthropic",
+    "synthhost.default_plugins.gemini",
     "synthhost.default_plugins.recovery",
     "synthhost.default_plugins.scheduler",
 )

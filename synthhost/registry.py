@@ -76,6 +76,7 @@ class ProviderSpec:
     name: str
     factory: ProviderFactory
     plugin: str
+    builtin: bool = False
 
 
 class Exporter(Protocol):
@@ -167,12 +168,20 @@ class Registry:
     def add_migrations(self, plugin: str, path: str | Path) -> None:
         self.migrations[plugin] = Path(path)
 
-    def add_provider(self, plugin: str, name: str, factory: ProviderFactory) -> None:
+    def add_provider(self, plugin: str, name: str, factory: ProviderFactory, *, builtin: bool = False) -> None:
+        """``builtin``: a default plugin's provider, which an installed plugin's provider
+        of the same name replaces (a plugin may bring its own ``anthropic``)."""
+        existing = self.providers.get(name)
+        if existing is not None and existing.builtin and not builtin:
+            self.providers[name] = ProviderSpec(name, factory, plugin)
+            return
+        if existing is not None and builtin and not existing.builtin:
+            return
         if name in self.providers:
             raise RegistrationError(
                 f"provider {name!r} registered by {self.providers[name].plugin!r} and {plugin!r}"
             )
-        self.providers[name] = ProviderSpec(name, factory, plugin)
+        self.providers[name] = ProviderSpec(name, factory, plugin, builtin)
 
     def add_exporter(
         self,

@@ -206,8 +206,14 @@ def make_call(
     parent: str | None = None, step: str | None = None,
 ) -> Call:
     provider, name = split_model(model)
+    request_metadata = dict(metadata or {})
+    if host.models and "/" not in model and (deployment := host.models.pick(model)) is not None:
+        # A model-list name or alias: one of its deployments, load-balanced; recovery
+        # falls back to the group's other deployments.
+        provider, name = deployment.name, deployment.upstream_model
+        request_metadata["model_group"] = deployment.model
     request = Request(model=name, provider=provider, messages=_messages(messages),
-                      params=dict(params or {}), metadata=dict(metadata or {}))
+                      params=dict(params or {}), metadata=request_metadata)
     return Call(host=host, request=request, workspace=workspace, user=user, org=org, agent=agent,
                 step=step, run_id=run.run_id, trace_id=run.trace_id, parent_span_id=parent,
                 max_attempts=max_attempts, metadata=dict(metadata or {}))

@@ -7,6 +7,7 @@
   message, on a developer's machine.
 - ``redis_url``: the same rule for Redis (``SYNTHHOST_TEST_REDIS``, default
   ``redis://127.0.0.1:6379/0``).
+- No ``anyio_backend`` fixture: a user's own (or anyio's default, asyncio) applies.
 - ``make_host(*plugins, env=None, **settings)``: an un-started :class:`Host` on
   ``db_url`` with the default plugins plus ``plugins`` (no entry-point scan). Use
   ``async with make_host(plugin) as host:``. Hosts are stopped at teardown.
@@ -70,11 +71,6 @@ def redis_url() -> str:
     except Exception as exc:
         _unavailable("Redis", exc)
     return REDIS_URL
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture

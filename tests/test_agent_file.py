@@ -71,7 +71,7 @@ def test_parse_full_agent() -> None:
     spec = parse_agent(OK, "ok.yaml")
     assert spec.name == "summarize"
     assert spec.workspace == "default"
-    assert spec.model == "echo/gpt-4o-mini"  # bare name → echo provider
+    assert spec.model == "gpt-4o-mini"  # a bare name stays bare: the host resolves it (model list, else echo)
     assert spec.source == "ok.yaml"
     assert [s.name for s in spec.steps] == ["summary", "title", "check"]
     assert [s.output_name for s in spec.steps] == ["summary", "headline", "check"]
@@ -81,7 +81,7 @@ def test_parse_full_agent() -> None:
     assert spec.retry.max_attempts == 5
     assert spec.schedule == "*/5 * * * *"
     assert spec.metadata == {"owner": "team-a"}
-    assert spec.model_for(spec.steps[0]) == "echo/gpt-4o-mini"
+    assert spec.model_for(spec.steps[0]) == "gpt-4o-mini"
     assert spec.model_for(spec.steps[1]) == "openai/gpt-4o"
     assert spec.params_for(spec.steps[1]) == {"temperature": 0.1, "max_tokens": 100}
     assert spec.line_of(("steps", 1, "model")) == 16

@@ -90,15 +90,31 @@ def test_commands_are_added_to_the_cli() -> None:
 
 
 def test_duplicate_provider_is_refused(make_host):
-    class Other:
-        __name__ = "other"
+    def plugin(name):  # type: ignore[no-untyped-def]
+        class Other:
+            __name__ = name
+
+            @hookimpl
+            def register_providers(self, register):  # type: ignore[no-untyped-def]
+                register("mine", lambda host: None)
+
+        return Other()
+
+    with pytest.raises(RegistrationError, match="provider 'mine' registered by 'a' and 'b'"):
+        make_host(plugin("a"), plugin("b"))
+
+
+def test_a_plugin_may_replace_a_built_in_provider(make_host):
+    class Mine:
+        __name__ = "mine"
 
         @hookimpl
         def register_providers(self, register):  # type: ignore[no-untyped-def]
-            register("echo", lambda host: None)
+            register("anthropic", lambda host: "my anthropic")
 
-    with pytest.raises(RegistrationError, match="provider 'echo' registered by 'echo' and 'other'"):
-        make_host(Other())
+    host = make_host(Mine())
+    assert host.registry.providers["anthropic"].plugin == "mine"
+    assert host.provider("anthropic") == "my anthropic"
 
 
 def test_conflicting_flag_defaults_are_refused(make_host):

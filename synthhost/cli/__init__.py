@@ -62,6 +62,9 @@ def _attach() -> None:
     from synthhost.cli.run import run_command
 
     cli.add_command(run_command, "run")
+    from synthhost.cli.models import models_command
+
+    cli.add_command(models_command, "models")
     from synthhost.cli.queue import queue_command
     from synthhost.cli.schedule import schedule_command
 

@@ -57,9 +57,16 @@ def create_engine(url: str) -> sa.Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=10, json_serializer=json_dumps
-    )
+    try:
+        return sa.create_engine(
+            url, pool_pre_ping=True, pool_size=5, max_overflow=10, json_serializer=json_dumps
+        )
+    except ModuleNotFoundError as exc:
+        # The PostgreSQL driver is an extra: a SQLite-only install stays small.
+        from synthhost.errors import UsageError
+
+        hint = " (pip install 'synthhost[postgres]')" if "psycopg" in str(exc) else ""
+        raise UsageError(f"DATABASE_URL: the database driver is not installed: {exc.name}{hint}") from None
 
 
 def alembic_config(url: str, plugin_migrations: Mapping[str, Path]) -> Config:

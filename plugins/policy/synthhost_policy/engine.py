@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from synthhost.tokens import prompt_tokens
 from synthhost_policy import pricing
 from synthhost_policy._cel import cel
 from synthhost_policy.document import GLOBAL, PolicySet
@@ -114,7 +115,7 @@ def _prompt(subject: Subject, memo: dict[str, Any]) -> str:
 
 
 def _prompt_tokens(subject: Subject, memo: dict[str, Any]) -> int:
-    return (len(_prompt(subject, memo)) + 3) // 4  # ceil(chars / 4)
+    return prompt_tokens(subject.request)  # the host's shared estimator, memoised per request
 
 
 def _estimated_cost(subject: Subject, memo: dict[str, Any]) -> float:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from synthhost import tokens
 from synthhost.call import Request
 from synthhost_policy import pricing
 from synthhost_policy.document import GLOBAL, parse_policy
@@ -226,12 +227,15 @@ def test_only_sets_of_the_workspace_and_global_apply() -> None:
 
 
 def test_context_values() -> None:
+    # The host's shared estimator: tiktoken for an OpenAI model, plus chat framing.
+    want = tokens.count_messages([{"role": "user", "content": "0123456789"}], "gpt-4o", "openai")
+    assert want == tokens.PER_REPLY + tokens.PER_MESSAGE + tokens.count_text("0123456789", "gpt-4o") > 3
     seen = policy(
         "s",
         [
             rule(
                 "r",
-                'request.prompt_tokens == 3 && request.prompt == "0123456789" && '
+                f'request.prompt_tokens == {want} && request.prompt == "0123456789" && '
                 'workspace.id == "w9" && user.id == "u" && org.id == "o" && agent.name == "a" '
                 '&& metadata.k == "v" && request.provider == "openai" && request.region == "us"',
                 {"type": "log"},

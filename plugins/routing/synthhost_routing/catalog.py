@@ -19,7 +19,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
     """``provider``: who serves the model natively (``None``: unknown, any provider may).
-    ``context_window``: prompt + output tokens it accepts. ``larger``: the same provider's
+    ``context_window``: prompt + output tokens it accepts (a workspace override; the
+    default comes from genai-prices). ``larger``: the same provider's
     model to move to when a prompt does not fit (followed as a chain)."""
 
     provider: str | None = None
@@ -27,41 +28,45 @@ class ModelInfo:
     larger: str | None = None
 
 
-def _m(provider: str, window: int, larger: str | None = None) -> ModelInfo:
-    return ModelInfo(provider, window, larger)
+def _m(provider: str, larger: str | None = None) -> ModelInfo:
+    return ModelInfo(provider, None, larger)
 
 
+# Who serves a model natively and which larger model a prompt that does not fit moves
+# to: opinions kept here. Context windows (and prices) are facts: they come from
+# genai-prices (synthhost.model_info), which knows over a thousand models, with workspace
+# overrides in the routing config (``models.<name>.context_window``).
 MODELS: Mapping[str, ModelInfo] = {
     # OpenAI
-    "gpt-3.5-turbo": _m("openai", 16_385, "gpt-4o-mini"),
-    "gpt-4": _m("openai", 8_192, "gpt-4o"),
-    "gpt-4-turbo": _m("openai", 128_000, "gpt-4.1"),
-    "gpt-4o": _m("openai", 128_000, "gpt-4.1"),
-    "gpt-4o-mini": _m("openai", 128_000, "gpt-4.1-mini"),
-    "gpt-4.1": _m("openai", 1_047_576),
-    "gpt-4.1-mini": _m("openai", 1_047_576),
-    "gpt-4.1-nano": _m("openai", 1_047_576),
-    "o1": _m("openai", 200_000),
-    "o1-mini": _m("openai", 128_000, "o3-mini"),
-    "o3": _m("openai", 200_000),
-    "o3-mini": _m("openai", 200_000),
-    "o4-mini": _m("openai", 200_000),
-    "gpt-5": _m("openai", 400_000),
-    "gpt-5-mini": _m("openai", 400_000),
-    "gpt-5-nano": _m("openai", 400_000),
+    "gpt-3.5-turbo": _m("openai", "gpt-4o-mini"),
+    "gpt-4": _m("openai", "gpt-4o"),
+    "gpt-4-turbo": _m("openai", "gpt-4.1"),
+    "gpt-4o": _m("openai", "gpt-4.1"),
+    "gpt-4o-mini": _m("openai", "gpt-4.1-mini"),
+    "gpt-4.1": _m("openai"),
+    "gpt-4.1-mini": _m("openai"),
+    "gpt-4.1-nano": _m("openai"),
+    "o1": _m("openai"),
+    "o1-mini": _m("openai", "o3-mini"),
+    "o3": _m("openai"),
+    "o3-mini": _m("openai"),
+    "o4-mini": _m("openai"),
+    "gpt-5": _m("openai"),
+    "gpt-5-mini": _m("openai"),
+    "gpt-5-nano": _m("openai"),
     # Anthropic
-    "claude-3-haiku-20240307": _m("anthropic", 200_000),
-    "claude-3-5-haiku-latest": _m("anthropic", 200_000),
-    "claude-3-5-sonnet-latest": _m("anthropic", 200_000),
-    "claude-3-7-sonnet-latest": _m("anthropic", 200_000),
-    "claude-sonnet-4-0": _m("anthropic", 200_000),
-    "claude-opus-4-0": _m("anthropic", 200_000),
+    "claude-3-haiku-20240307": _m("anthropic"),
+    "claude-3-5-haiku-latest": _m("anthropic"),
+    "claude-3-5-sonnet-latest": _m("anthropic"),
+    "claude-3-7-sonnet-latest": _m("anthropic"),
+    "claude-sonnet-4-0": _m("anthropic"),
+    "claude-opus-4-0": _m("anthropic"),
     # Google
-    "gemini-1.5-flash": _m("google", 1_048_576),
-    "gemini-1.5-pro": _m("google", 2_097_152),
-    "gemini-2.0-flash": _m("google", 1_048_576),
-    "gemini-2.5-flash": _m("google", 1_048_576),
-    "gemini-2.5-pro": _m("google", 1_048_576),
+    "gemini-1.5-flash": _m("google"),
+    "gemini-1.5-pro": _m("google"),
+    "gemini-2.0-flash": _m("google"),
+    "gemini-2.5-flash": _m("google"),
+    "gemini-2.5-pro": _m("google"),
 }
 
 # Provider inference for models not in the table (only for "who can serve it", never

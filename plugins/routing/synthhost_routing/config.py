@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from synthhost.errors import UsageError
+from synthhost.model_info import lookup
 from synthhost_routing import catalog
 from synthhost_routing.catalog import GLOBAL as GLOBAL
 from synthhost_routing.catalog import ModelInfo
@@ -169,8 +170,11 @@ class Routing:
         return None
 
     def window(self, model: str) -> int | None:
+        """The workspace's override, else genai-prices' context window (None: unknown)."""
         info = self.models.get(model)
-        return info.context_window if info is not None else None
+        if info is not None and info.context_window is not None:
+            return info.context_window
+        return lookup(self.native_provider(model), model).context_window
 
     def is_allowed(self, model: str) -> bool:
         return self.allowed is None or model in self.allowed

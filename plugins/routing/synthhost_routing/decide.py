@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from synthhost.call import Request
 from synthhost.errors import Denied
+from synthhost.tokens import prompt_tokens
 from synthhost_routing import catalog
 
 if TYPE_CHECKING:
@@ -156,7 +157,7 @@ def decide(request: Request, metadata: Mapping[str, Any], cfg: Routing, *, keep_
     if cfg.error:
         raise Denied(ROUTING_CONFIG_INVALID, f"the workspace's routing configuration is invalid: {cfg.error}")
     chars = prompt_chars(request.messages)
-    tokens = -(-chars // 4)
+    tokens = prompt_tokens(request)  # the host's shared estimator (tiktoken for OpenAI models)
     if chars > cfg.max_chars or tokens > cfg.max_tokens:
         raise Denied(
             PROMPT_TOO_LONG,
@@ -403,10 +404,12 @@ def next_route(
             equivalent = row.get(target)
             if equivalent is None:
                 continue
-            if target in providers:
-                candidates.append((target, equivalent, f"equivalent on {target}"))
-            elif provider in catalog.GATEWAY_PROVIDERS:
+            # A call that goes through a gateway stays in it; otherwise the host's own
+            # provider of that name serves the equivalent.
+            if provider in catalog.GATEWAY_PROVIDERS:
                 candidates.append((provider, f"{target}/{equivalent}", f"equivalent on {target} via {provider}"))
+            elif target in providers:
+                candidates.append((target, equivalent, f"equivalent on {target}"))
 
     for p, m, why in candidates:
         if p not in providers:

@@ -29,7 +29,10 @@ def cfg(**doc: Any) -> Routing:
 
 
 def req(model: str, provider: str = "echo", chars: int = 10, **params: Any) -> Request:
-    return Request(model=model, provider=provider, messages=[{"role": "user", "content": "x" * chars}], params=params)
+    # " the" is one token for tiktoken and 4 characters: the shared estimator counts
+    # ~chars/4 tokens for OpenAI and other models alike.
+    text = (" the" * (chars // 4 + 1))[:chars]
+    return Request(model=model, provider=provider, messages=[{"role": "user", "content": text}], params=params)
 
 
 def tokens(n: int) -> int:

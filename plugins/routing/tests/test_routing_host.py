@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import synthhost_routing
-from synthhost import Denied, ProviderError, Recovery, hookimpl
+from synthhost import Denied, ProviderError, Recovery, hookimpl, tokens
 from synthhost.host import Host
 from synthhost.providers.echo import EchoProvider
 from synthhost_routing import PROMPT_TOO_LONG, set_config
@@ -24,7 +24,8 @@ def echo(host: Host, name: str = "echo") -> EchoProvider:
 
 
 def big(tokens: int) -> str:
-    return "x" * (tokens * 4)
+    """A prompt of ``tokens`` tokens for tiktoken (" the" is one token) and ~chars/4."""
+    return " the" * tokens
 
 
 async def test_flag_off_changes_nothing(kit: Any) -> None:
@@ -45,7 +46,7 @@ async def test_defaults_apply_context_fit_to_the_real_call(kit: Any) -> None:
         route = span["route"]
         assert route["changed"] is True
         assert route["original_model"] == "gpt-4"
-        assert route["factors"]["prompt_tokens"] == 10_000
+        assert route["factors"]["prompt_tokens"] == 10_000 + tokens.PER_MESSAGE + tokens.PER_REPLY
         assert route["factors"]["context_window"] == 128_000
         assert "context" in route["reason"]
         [event] = await kit.events(host, "route_decided")
