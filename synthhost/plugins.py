@@ -2,8 +2,9 @@
 
 ``SYNTHHOST_LOAD_PLUGINS`` is an allow-list of entry-point names (comma-separated); set
 but empty means "no installed plugins"; unset means all. Default plugins (the echo, OpenAI,
-Anthropic and Gemini providers, default recovery, the scheduler's flag) are always registered. Entry points are scanned once
-per process (cached) and loaded lazily when a host is built; loading is idempotent.
+Anthropic and Gemini providers, default recovery, the scheduler's flag) are always
+registered. Entry points are scanned once per process (cached) and loaded lazily when a
+host is built; loading is idempotent.
 """
 
 from __future__ import annotations

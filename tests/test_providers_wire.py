@@ -378,3 +378,26 @@ def test_models_command_lists_price_and_context(wire: Wire, tmp_path: Path, monk
     assert KEY not in result.output and rows["oai"]["key_set"] is True
     plain = CliRunner().invoke(cli, ["models"])
     assert plain.exit_code == 0 and "unknown" in plain.output and "claude" in plain.output
+
+
+@pytest.mark.anyio
+async def test_routing_falls_back_across_deployments_of_one_model(wire: Wire, make_host: Any, tmp_path: Path) -> None:
+    """With the routing plugin on (it answers on_failure before the default recovery), a
+    503 from one deployment moves the call to the model's other deployment."""
+    import synthhost_routing
+
+    backup = {"name": "oai-backup", "provider": "openai", "model": "gpt-4o-mini", "base_url": wire.url + "/backup",
+              "api_key_env": "WIRE_OPENAI_KEY"}
+    host = make_host(synthhost_routing, env=env_for(config(tmp_path, wire, backup)))
+    async with host:
+        host.flags.set(synthhost_routing.FLAG, True, workspace="acme")
+        host.models.pick("gpt-4o-mini")  # the next pick is "oai-backup"
+        wire.scripts["openai"].append(Answer(503, {"error": {"message": "upstream unavailable"}}))
+        await host.complete(workspace="acme", model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        await host.writer.flush()
+        with host.engine.connect() as conn:
+            attrs = conn.execute(sa.text("SELECT attributes FROM spans WHERE kind = 'call'")).scalar_one()
+    assert [s.path for s in wire.seen] == ["/backup/chat/completions", "/v1/chat/completions"]
+    attrs = json.loads(attrs) if isinstance(attrs, str) else attrs
+    [reroute] = attrs["route"]["reroutes"]
+    assert reroute["from"]["provider"] == "oai-backup" and reroute["to"]["provider"] == "oai"

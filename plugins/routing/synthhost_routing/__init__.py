@@ -39,6 +39,7 @@ from synthhost_routing.decide import (
     PROMPT_TOO_LONG,
     ROUTING_CONFIG_INVALID,
     Decision,
+    Route,
     decide,
     next_route,
 )
@@ -189,7 +190,13 @@ def on_failure(call: Call, error: BaseException, attempt: int) -> Recovery | Non
         return None  # let the default recovery retry this route first
     mine = {(p, m) for p, m, _ in failures}
     elsewhere = {pair for pair in call.tried_routes if pair not in mine}
-    route = next_route(request, cfg, call.stash.get(DECISION), failures, call.host.registry.providers, elsewhere)
+    group = request.metadata.get("model_group")  # a model-list model: its other deployments first
+    other = call.host.models.next_untried(group, call.tried_routes) if group else None
+    if other is not None:
+        route: Route | None = Route(other.name, other.upstream_model, request.region,
+                                    f"deployment fallback: {request.provider} -> {other.name} ({group})")
+    else:
+        route = next_route(request, cfg, call.stash.get(DECISION), failures, call.host.registry.providers, elsewhere)
     if route is None:
         return None
     changes: dict[str, Any] = {"provider": route.provider, "model": route.model, "region": route.region}
