@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import time
 from collections import Counter
@@ -163,13 +164,14 @@ class Host:
         await anyio.to_thread.run_sync(self.flags.reload)
         self.flags.start()
         self.writer.start()
-        await anyio.to_thread.run_sync(self._replay_spool)
         if self.registry.exporters:
             self._outbox = OutboxWorker(self)
             self._outbox.start()
         self._started = True
         for impl in self.chains.ordered_all("startup"):
             await self.chains.call_plain(impl, {"host": self})
+        # After the plugins' startup: tables plugins define lazily are known by now.
+        await anyio.to_thread.run_sync(self._replay_spool)
 
     async def stop(self) -> None:
         if not self._started:
@@ -190,15 +192,36 @@ class Host:
         await anyio.to_thread.run_sync(self._stop_threads, abandon_on_cancel=False)
 
     def _replay_spool(self) -> None:
-        """Rows an earlier process could not write (database down at its exit)."""
+        """Rows an earlier process could not write (database down at its exit). Rows of
+        a table no plugin has defined stay in the spool, counted and reported."""
         from sqlmodel import SQLModel
 
+        unknown: Counter[str] = Counter()
         for path in spool.pending(self.settings.spool_dir):
-            for table, values, upsert_on in spool.read(path, dict(SQLModel.metadata.tables)):
+            try:
+                rows, kept = spool.split(path, dict(SQLModel.metadata.tables))
+            except (OSError, ValueError) as exc:
+                log.error("spool file %s is unreadable, left in place: %s", path.name, exc)
+                self.stats["spool_files_unreadable"] += 1
+                continue
+            for table, values, upsert_on in rows:
                 self.writer.submit_values(table, values, upsert_on=upsert_on)
-            if self.writer.flush_sync(self.settings.shutdown_timeout_s):
+            if not self.writer.flush_sync(self.settings.shutdown_timeout_s):
+                continue  # the database is still away: try again next start
+            self.stats["spool_rows_replayed"] += len(rows)
+            if kept:
+                spool.keep(path, kept)
+                for line in kept:
+                    unknown[str(json.loads(line).get("table"))] += 1
+            else:
                 path.unlink()
                 self.stats["spool_files_replayed"] += 1
+        if unknown:
+            self.stats["spool_rows_unknown_table"] += sum(unknown.values())
+            log.error("spool: %d rows of unknown tables kept in %s (%s)", sum(unknown.values()),
+                      self.settings.spool_dir, ", ".join(f"{t}: {n}" for t, n in sorted(unknown.items())))
+            self.emit("spool_rows_kept", status="error", workspace="*", rows=sum(unknown.values()),
+                      tables=dict(sorted(unknown.items())), spool_dir=str(self.settings.spool_dir))
 
     def _stop_threads(self) -> None:
         self.writer.close(self.settings.shutdown_timeout_s, self.settings.spool_dir)

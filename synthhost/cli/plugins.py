@@ -71,6 +71,16 @@ def health(as_json: bool) -> None:
             results.append({"name": "database", "ok": True, "detail": host.engine.url.render_as_string()})
         except Exception as exc:
             results.append({"name": "database", "ok": False, "detail": str(exc)[:200]})
+        from synthhost.storage import spool
+
+        waiting = spool.summary(host.settings.spool_dir)
+        if waiting:
+            detail = f"{sum(waiting.values())} rows waiting in {host.settings.spool_dir} (" + ", ".join(
+                f"{t}: {n}" for t, n in sorted(waiting.items())) + "); a host replays them when it starts; rows of " \
+                "a table no installed plugin defines stay until that plugin is installed"
+            results.append({"name": "spool", "ok": False, "detail": detail})
+        else:
+            results.append({"name": "spool", "ok": True, "detail": "empty"})
         for name, (plugin, check) in sorted(host.registry.health_checks.items()):
             try:
                 outcome = check(host)

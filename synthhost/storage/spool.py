@@ -1,8 +1,9 @@
 """Rows the database could not take before the process had to exit.
 
 JSON lines, one row each: ``{"table", "upsert_on", "values"}``; datetimes, decimals and
-bytes are encoded so that :func:`replay` can restore the column types. A host replays
-(and deletes) the spool files when it starts.
+bytes are encoded so that replay can restore the column types. A host replays the spool
+files once every plugin has started (so plugin tables are known), deletes what the
+database took, and keeps, in the file, rows whose table is still unknown.
 """
 
 from __future__ import annotations
@@ -62,11 +63,52 @@ def pending(directory: Path) -> list[Path]:
 
 
 def read(path: Path, tables: dict[str, sa.Table]) -> Iterator[tuple[sa.Table, dict[str, Any], tuple[str, ...] | None]]:
+    """The rows of ``path`` whose table is known (see :func:`split` for the rest)."""
+    known, _ = split(path, tables)
+    yield from known
+
+
+def split(path: Path, tables: dict[str, sa.Table]) -> tuple[
+        list[tuple[sa.Table, dict[str, Any], tuple[str, ...] | None]], list[str]]:
+    """``(rows of known tables, raw lines of unknown tables)``. A row is never dropped: a
+    table nobody has defined yet (its plugin is not installed, or not started) keeps its
+    line for :func:`keep` to write back."""
+    known: list[tuple[sa.Table, dict[str, Any], tuple[str, ...] | None]] = []
+    unknown: list[str] = []
     with path.open(encoding="utf-8") as fh:
         for line in fh:
+            if not line.strip():
+                continue
             row = json.loads(line)
             table = tables.get(row["table"])
             if table is None:
-                continue  # the plugin that owned it is gone: nothing can take the row
+                unknown.append(line if line.endswith("\n") else line + "\n")
+                continue
             upsert = tuple(row["upsert_on"]) if row.get("upsert_on") else None
-            yield table, {k: _decode(v) for k, v in row["values"].items()}, upsert
+            known.append((table, {k: _decode(v) for k, v in row["values"].items()}, upsert))
+    return known, unknown
+
+
+def keep(path: Path, lines: list[str]) -> None:
+    """Replace ``path`` by just ``lines`` (atomically: written, synced, renamed)."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.writelines(lines)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def summary(directory: Path) -> dict[str, int]:
+    """Rows waiting in the spool, by table (for ``synthhost health``)."""
+    counts: dict[str, int] = {}
+    for path in pending(directory):
+        try:
+            with path.open(encoding="utf-8") as fh:
+                for line in fh:
+                    if line.strip():
+                        name = str(json.loads(line).get("table"))
+                        counts[name] = counts.get(name, 0) + 1
+        except (OSError, ValueError):
+            counts["<unreadable>"] = counts.get("<unreadable>", 0) + 1
+    return counts
