@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from synthhost.call import Call, Response, StashKey
 from synthhost.errors import Denied, ErrorCode
+from synthhost.tokens import count_text, prompt_tokens
 from synthhost_ratelimit.guard import FailMode, Guarded
 from synthhost_ratelimit.limits import SCOPES, Decision, Limit, Limiter, ScopeCheck, scope_key
 from synthhost_ratelimit.local import LocalLimiter
@@ -72,22 +73,22 @@ class Config:
 
 
 def estimate_tokens(call: Call, default_max_tokens: int) -> int:
-    """Prompt characters / 4 plus the completion budget the call asked for."""
+    """The host's prompt-token estimate plus the completion budget the call asked for."""
     params = call.request.params
     budget = next((params[k] for k in MAX_TOKEN_PARAMS if params.get(k) is not None), None)
     try:
         out = int(budget) if budget is not None else default_max_tokens
     except (TypeError, ValueError):
         out = default_max_tokens
-    return (len(call.request.prompt) + 3) // 4 + max(0, out)
+    return prompt_tokens(call.request) + max(0, out)
 
 
 def actual_tokens(call: Call, response: Response) -> int:
-    """Real usage; when the provider reported none, a character estimate of both sides."""
+    """Real usage; when the provider reported none, the host's estimate of both sides."""
     total = response.usage.input_tokens + response.usage.output_tokens
     if total > 0:
         return total
-    return (len(call.request.prompt) + 3) // 4 + (len(response.text) + 3) // 4
+    return prompt_tokens(call.request) + count_text(response.text, call.request.model, call.request.provider)
 
 
 def checks_for(call: Call, limits: Mapping[str, Limit]) -> list[ScopeCheck]:
