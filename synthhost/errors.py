@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     TEMPLATE_ERROR = "TEMPLATE_ERROR"
     PLUGIN_ERROR = "PLUGIN_ERROR"
     CANCELLED = "CANCELLED"
+    STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
 
 
 class SynthhostError(Exception):
@@ -86,3 +87,9 @@ class UsageError(SynthhostError):
     exits with status 2."""
 
     code = ErrorCode.INVALID_AGENT
+
+
+class StorageUnavailable(SynthhostError):
+    """The database did not take rows within the configured bound."""
+
+    code = ErrorCode.STORAGE_UNAVAILABLE

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from synthhost.call import Call, Response, new_id
 from synthhost.chain import Chains
-from synthhost.errors import UnknownProvider
+from synthhost.errors import StorageUnavailable, UnknownProvider
 from synthhost.flags import FlagStore
 from synthhost.models import Deployment, ModelList, build_provider, env_api_key_names
 from synthhost.outbox import OUTBOX_INSERT, OutboxWorker, outbox_rows
@@ -30,6 +30,7 @@ from synthhost.settings import Settings
 from synthhost.storage import db, spool
 from synthhost.storage.models import EventLog, utcnow
 from synthhost.storage.writer import BatchedWriter
+from synthhost.trace import EventRecord
 from synthhost.traces import redact, secret_values
 
 if TYPE_CHECKING:
@@ -110,6 +111,9 @@ class Host:
         self._started = False
         self._outbox: Any = None
         self._on_emit: list[Callable[[dict[str, Any]], None]] = []
+        # Events of runs in progress, by run id: emit() appends in O(1), whatever the
+        # number of concurrent runs (no per-event scan of listeners).
+        self._run_events: dict[str, list[EventRecord]] = {}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> Host:
@@ -260,7 +264,10 @@ class Host:
         """Queue an ``event_logs`` row (and its outbox entries); returns the event id.
         Never blocks and never raises on the call path."""
         event_id = new_id()
-        values = {
+        created = utcnow()
+        the_run = run_id or (call.run_id if call else None)
+        the_span = span_id or (call.span_id if call else None)
+        values: dict[str, Any] = {
             "id": event_id,
             "workspace_id": workspace or (call.workspace if call else "default"),
             "user_id": user or (call.user if call else None),
@@ -270,18 +277,39 @@ class Host:
             "context": context,
             "latency_ms": latency_ms,
             "trace_id": trace_id or (call.trace_id if call else None),
-            "run_id": run_id or (call.run_id if call else None),
-            "span_id": span_id or (call.span_id if call else None),
-            "created_at": utcnow(),
+            "run_id": the_run,
+            "span_id": the_span,
+            "created_at": created,
         }
         self.writer.submit_values(EVENTS, values)
         if self.registry.exporters:
             for row in outbox_rows(self, values):
                 self.writer.submit_values(OUTBOX_INSERT, row.values())
-        for listener in tuple(self._on_emit):  # runs add and remove listeners concurrently
+        if the_run is not None and (sink := self._run_events.get(the_run)) is not None:
+            sink.append(EventRecord(event_id, event_type, status, created.timestamp(), context, the_span))
+        for listener in self._on_emit:  # debugging/test hooks only; runs use _run_events
             listener(values)
         self.stats[f"events.{event_type}"] += 1
         return event_id
+
+    @contextlib.contextmanager
+    def collect_run_events(self, run: Any) -> Iterator[None]:
+        """Gather the events emitted for ``run`` (a ``RunState``) into ``run.events``."""
+        self._run_events[run.run_id] = run.events
+        try:
+            yield
+        finally:
+            self._run_events.pop(run.run_id, None)
+
+    async def wait_for_rows(self) -> None:
+        """Wait until the database has taken every row queued so far, at most
+        ``SYNTHHOST_RUN_FLUSH_TIMEOUT_S``; then :class:`StorageUnavailable` (the rows
+        stay queued; at exit they are spooled, never dropped)."""
+        timeout = self.settings.run_flush_timeout_s
+        if not await self.writer.flush(timeout):
+            raise StorageUnavailable(
+                f"the database did not take this run's rows within {timeout:g}s "
+                "(SYNTHHOST_RUN_FLUSH_TIMEOUT_S); they stay queued and are spooled if the process exits")
 
     def redact(self, text: str) -> str:
         """Mask secrets (this host's secret env values, key-shaped strings) in text

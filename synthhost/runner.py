@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from synthhost.call import Call, Request, Response, new_id
+from synthhost.call import Call, Request, Response, StashKey, new_id
 from synthhost.errors import Denied, ErrorCode, ProviderError, SynthhostError
 from synthhost.storage.models import Run, Span
-from synthhost.trace import EventRecord, RunResult, SpanRecord, StepResult, Trace
+from synthhost.trace import EventRecord, RunResult, SpanRecord, Status, StepResult, Trace
 
 if TYPE_CHECKING:
     from synthhost.agent import AgentSpec
@@ -38,6 +38,25 @@ def _dt(ts: float | None) -> datetime | None:
 
 def _messages(messages: list[dict[str, Any]] | str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
+
+
+def status_of(error: SynthhostError | None) -> Status:
+    """``ok``, ``error``, or ``cancelled`` (stopped from outside: Ctrl-C, SIGTERM, a
+    caller's timeout). One rule for runs, steps, spans, exports and events."""
+    if error is None:
+        return "ok"
+    return "cancelled" if error.code == ErrorCode.CANCELLED else "error"
+
+
+def cancelled_error(what: str) -> SynthhostError:
+    return SynthhostError(f"{what} cancelled", code=ErrorCode.CANCELLED)
+
+
+EVENT_STATUS = {"ok": "success", "error": "error", "cancelled": "cancelled"}
+
+# Plugins' on_failure for a cancelled attempt (cost's failed row, the limiter's refund)
+# runs shielded, within this bound, so a stuck plugin cannot hold up a Ctrl-C.
+CANCEL_CLEANUP_S = 5.0
 
 
 @dataclass
@@ -111,8 +130,31 @@ def span_values(span: SpanRecord, workspace: str) -> dict[str, Any]:
 
 
 async def execute_call(host: Host, call: Call) -> Response:
-    """Run the chain around a call until it succeeds, is denied, or recovery gives up."""
+    """Run the chain around a call until it succeeds, is denied, or recovery gives up.
+    A cancelled attempt is reported to ``on_failure`` once (error code ``CANCELLED``,
+    with the provider's response when it had answered), shielded and bounded, then the
+    cancellation propagates."""
     chain = host.chains.for_workspace(call.workspace)
+    chains = host.chains
+    try:
+        return await _attempts(host, call, chain)
+    except BaseException as exc:
+        if isinstance(exc, SynthhostError | Exception) or call.stash.get(_REPORTED) == call.attempt:
+            raise
+        cancelled = cancelled_error("call")
+        answered = call.stash.get(_ANSWER)
+        if answered is not None:
+            cancelled.response = answered  # type: ignore[attr-defined]  # the answer was billed
+        with anyio.move_on_after(CANCEL_CLEANUP_S, shield=True):
+            await chains.on_failure(chain, call, cancelled, call.attempt)
+        raise
+
+
+_REPORTED: StashKey[int] = StashKey()
+_ANSWER: StashKey[Response | None] = StashKey()
+
+
+async def _attempts(host: Host, call: Call, chain: Any) -> Response:
     chains = host.chains
     while True:
         response: Response | None = None
@@ -123,17 +165,20 @@ async def execute_call(host: Host, call: Call) -> Response:
                 started = time.perf_counter()
                 response = await host.provider(call.request.provider).complete(call.request, call=call)
                 response.latency_s = response.latency_s or (time.perf_counter() - started)
+            call.stash[_ANSWER] = response
             await chains.post_call(chain, call, response)
             return response
         except Denied as denied:
             if response is not None and not hasattr(denied, "response"):
                 denied.response = response  # type: ignore[attr-defined]  # the answer a guardrail rejected
+            call.stash[_REPORTED] = call.attempt
             await chains.on_failure(chain, call, denied, call.attempt)
             raise
         except SynthhostError as err:
             error: SynthhostError = err
         except Exception as exc:  # a provider bug: not retryable, but never a traceback
             error = ProviderError(f"{type(exc).__name__}: {exc}", retryable=False)
+        call.stash[_REPORTED] = call.attempt
         recovery = await chains.on_failure(chain, call, error, call.attempt)
         if recovery is None or recovery.action == "give_up":
             raise error
@@ -150,6 +195,7 @@ async def execute_call(host: Host, call: Call) -> Response:
         if recovery.delay > 0:
             await anyio.sleep(recovery.delay)
         call.attempt += 1
+        call.stash[_ANSWER] = None
 
 
 def call_span(call: Call, response: Response | None, error: SynthhostError | None, ended: float) -> SpanRecord:
@@ -176,7 +222,7 @@ def call_span(call: Call, response: Response | None, error: SynthhostError | Non
     return SpanRecord(
         span_id=call.span_id, trace_id=call.trace_id, run_id=call.run_id or call.trace_id,
         kind="call", name=f"{call.request.provider}/{call.request.model}", started_at=call.started_at,
-        parent_id=call.parent_span_id, ended_at=ended, status="error" if error else "ok",
+        parent_id=call.parent_span_id, ended_at=ended, status=status_of(error),
         error_code=error.code if error else None, error_message=error.message if error else None,
         attributes=attrs,
     )
@@ -193,7 +239,7 @@ async def traced_call(host: Host, call: Call, run: RunState) -> Response:
         error = err
         raise
     except BaseException:  # cancelled: still record the span, then propagate
-        error = SynthhostError("call cancelled", code=ErrorCode.CANCELLED)
+        error = cancelled_error("call")
         raise
     finally:
         run.add_span(call_span(call, response, error, time.time()))
@@ -220,31 +266,30 @@ def make_call(
 
 
 async def complete_standalone(host: Host, **kw: Any) -> Response:
-    """``Host.complete``: a one-call trace (run row + call span), no flush on the call path."""
+    """``Host.complete``: a one-call trace (run row + call span) finished like every run
+    (:func:`finish_run`), without waiting for its rows on the call path."""
     workspace = kw["workspace"]
     run = RunState(host, new_id(), new_id(), workspace, f"complete {kw['model']}", kw.get("agent"),
                    kw.get("user"), kw.get("org"), {})
     call = make_call(host, run=run, **kw)
+    root_id = call.span_id  # the call span is the trace's root
     error: SynthhostError | None = None
     response: Response | None = None
-    try:
-        response = await traced_call(host, call, run)
-        return response
-    except SynthhostError as err:
-        error = err
-        raise
-    finally:
-        ended = time.time()
-        status = "error" if error or response is None else "ok"
-        values = run.run_values(status, ended, None, error)
-        host.writer.submit_values(RUNS, values)
-        # Exporters (Langfuse through the outbox) pick the trace up from this event.
-        host.emit("run_finished", workspace=workspace, user=run.user, org=run.org, run_id=run.run_id,
-                  trace_id=run.trace_id, span_id=call.span_id, status="success" if status == "ok" else "error",
-                  latency_ms=(ended - run.started_at) * 1000, agent=run.agent, error_code=values["error_code"],
-                  cost_usd=values["attributes"].get("cost_usd"), tokens=run.tokens, standalone=True)
-        if host.chains.for_workspace(workspace).on_trace:
-            await host.chains.on_trace(build_trace(run, status, ended, None, error))
+    with host.collect_run_events(run):
+        try:
+            response = await traced_call(host, call, run)
+        except SynthhostError as err:
+            error = err
+        except BaseException:
+            with anyio.move_on_after(CANCEL_CLEANUP_S, shield=True):
+                await finish_run(host, run, None, cancelled_error("call"), None, root_id=root_id, standalone=True,
+                                 wait=False)
+            raise
+        await finish_run(host, run, None, error, None, root_id=root_id, standalone=True, wait=False)
+    if error is not None:
+        raise error
+    assert response is not None
+    return response
 
 
 def build_trace(run: RunState, status: str, ended: float, output: Any, error: SynthhostError | None) -> Trace:
@@ -273,13 +318,8 @@ async def run_agent(
     root = SpanRecord(run.run_id, run.trace_id, run.run_id, "run", spec.name, run.started_at)
     host.writer.submit_values(RUNS, run.run_values("running", None, None, None), upsert_on=("id",))
 
-    def note(values: dict[str, Any]) -> None:
-        if values.get("run_id") == run.run_id:
-            created = values["created_at"].timestamp()
-            run.events.append(EventRecord(values["id"], values["event_type"], values["status"],
-                                          created, values["context"] or {}, values.get("span_id")))
-
-    host._on_emit.append(note)
+    collecting = host.collect_run_events(run)
+    collecting.__enter__()
     host.emit("run_started", workspace=ws, user=user, org=org, run_id=run.run_id,
               trace_id=run.trace_id, span_id=run.run_id, agent=spec.name, inputs=sorted(resolved))
     result = RunResult(run.run_id, run.trace_id, ws, spec.name, "running")
@@ -311,9 +351,11 @@ async def run_agent(
                 output = response.text
                 result.outputs[step.output or step.name] = output
                 step_result.status, step_result.output = "ok", output
-            except SynthhostError as err:
-                step_span.status, step_span.error_code, step_span.error_message = "error", err.code, err.message
-                step_result.status, step_result.error_code, step_result.error_message = "error", err.code, err.message
+            except BaseException as exc:
+                err = exc if isinstance(exc, SynthhostError) else cancelled_error("step")
+                status = status_of(err)
+                step_span.status, step_span.error_code, step_span.error_message = status, err.code, err.message
+                step_result.status, step_result.error_code, step_result.error_message = status, err.code, err.message
                 raise
             finally:
                 step_span.ended_at = time.time()
@@ -325,35 +367,49 @@ async def run_agent(
     except SynthhostError as err:
         error = err
     except BaseException:
-        error = SynthhostError("run cancelled", code=ErrorCode.CANCELLED)
-        with anyio.CancelScope(shield=True):
-            await _finish(host, run, root, result, error, output)
+        try:
+            with anyio.CancelScope(shield=True):
+                await finish_run(host, run, root, cancelled_error("run"), output, result=result)
+        finally:
+            collecting.__exit__(None, None, None)
         raise
+    try:
+        await finish_run(host, run, root, error, output, result=result)
     finally:
-        host._on_emit.remove(note)
-    await _finish(host, run, root, result, error, output)
+        collecting.__exit__(None, None, None)
     return result
 
 
-async def _finish(host: Host, run: RunState, root: SpanRecord, result: RunResult,
-                  error: SynthhostError | None, output: str | None) -> None:
+async def finish_run(host: Host, run: RunState, root: SpanRecord | None, error: SynthhostError | None,
+                     output: str | None, *, result: RunResult | None = None, root_id: str | None = None,
+                     standalone: bool = False, wait: bool = True) -> None:
+    """The one way every run ends (agent runs and ``Host.complete``'s one-call runs):
+    the root span (agent runs), the run row upserted, ``run_finished``, the rows made
+    durable (``wait``: agent runs wait for the database; a single call does not),
+    ``result`` filled in, and ``on_trace`` for the workspace's chain."""
     ended = time.time()
-    status = "error" if error else "ok"
-    root.ended_at, root.status = ended, status  # type: ignore[assignment]
-    if error:
-        root.error_code, root.error_message = error.code, error.message
-    run.add_span(root)
+    status = status_of(error)
+    if root is not None:
+        root.ended_at, root.status = ended, status
+        if error:
+            root.error_code, root.error_message = error.code, error.message
+        run.add_span(root)
     values = run.run_values(status, ended, output, error)
     host.writer.submit_values(RUNS, values, upsert_on=("id",))
+    # Exporters (Langfuse through the outbox) pick the trace up from this event.
+    extra: dict[str, Any] = {"standalone": True} if standalone else {}
     host.emit("run_finished", workspace=run.workspace, user=run.user, org=run.org,
-              run_id=run.run_id, trace_id=run.trace_id, span_id=run.run_id,
-              status="success" if not error else "error", latency_ms=(ended - run.started_at) * 1000,
+              run_id=run.run_id, trace_id=run.trace_id, span_id=root_id or run.run_id,
+              status=EVENT_STATUS[status], latency_ms=(ended - run.started_at) * 1000,
               agent=run.agent, error_code=values["error_code"], cost_usd=values["attributes"].get("cost_usd"),
-              tokens=run.tokens)
-    await host.writer.flush()  # the run's rows are durable before it reports done
-    result.status = status  # type: ignore[assignment]
-    result.output = output if not error else None
-    result.error_code, result.error_message = values["error_code"], values["error_message"]
-    result.cost_usd = values["attributes"].get("cost_usd")
-    result.duration_ms = (ended - run.started_at) * 1000
-    await host.chains.on_trace(build_trace(run, status, ended, output, error))
+              tokens=run.tokens, **extra)
+    if wait:
+        await host.wait_for_rows()  # the run's rows are durable before it reports done
+    if result is not None:
+        result.status = status
+        result.output = output if not error else None
+        result.error_code, result.error_message = values["error_code"], values["error_message"]
+        result.cost_usd = values["attributes"].get("cost_usd")
+        result.duration_ms = (ended - run.started_at) * 1000
+    if host.chains.for_workspace(run.workspace).on_trace:
+        await host.chains.on_trace(build_trace(run, status, ended, output, error))

@@ -34,6 +34,9 @@ class Settings:
     flag_refresh_s: float = 1.0
     auto_migrate: bool = True
     shutdown_timeout_s: float = 10.0
+    # How long Host.run waits for the database to take a run's rows before it reports
+    # STORAGE_UNAVAILABLE (the rows stay queued, and are spooled if the process exits).
+    run_flush_timeout_s: float = 30.0
     spool_dir: Path = field(default_factory=lambda: home_dir() / "spool")
 
     @classmethod
@@ -52,5 +55,6 @@ class Settings:
             flag_refresh_s=float(env.get("SYNTHHOST_FLAG_REFRESH_S", "1.0")),
             auto_migrate=env.get("SYNTHHOST_AUTO_MIGRATE", "1") not in ("0", "false"),
             shutdown_timeout_s=float(env.get("SYNTHHOST_SHUTDOWN_TIMEOUT", "10")),
+            run_flush_timeout_s=float(env.get("SYNTHHOST_RUN_FLUSH_TIMEOUT_S", "30")),
             spool_dir=Path(env.get("SYNTHHOST_SPOOL_DIR") or home_dir(env) / "spool"),
         )

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 SpanKind = Literal["run", "step", "call"]
-Status = Literal["ok", "error", "running"]
+# ``cancelled``: stopped from outside (Ctrl-C, SIGTERM, a caller's timeout), not failed.
+Status = Literal["ok", "error", "cancelled", "running"]
 
 
 @dataclass(slots=True)

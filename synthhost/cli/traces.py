@@ -22,7 +22,7 @@ def traces() -> None:
 @traces.command("list")
 @workspace_option
 @click.option("--since", help="Only runs started since: 30m, 24h, 7d or an ISO time.")
-@click.option("--status", type=click.Choice(["ok", "error", "running"]))
+@click.option("--status", type=click.Choice(["ok", "error", "cancelled", "running"]))
 @click.option("--agent")
 @click.option("--search", help="Substring of the run name.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
@@ -46,7 +46,7 @@ def list_command(workspace: str, since: str | None, status: str | None, agent: s
     for r in runs:
         cost = f" ${r['cost_usd']}" if r["cost_usd"] else ""
         err = f" {r['error_code']}" if r["error_code"] else ""
-        click.echo(f"{r['run_id']}  {r['started_at']}  {r['status']:<5} {r['name']}{cost}{err}")
+        click.echo(f"{r['run_id']}  {r['started_at']}  {r['status']:<9} {r['name']}{cost}{err}")
 
 
 def _load(workspace: str, run_id: str) -> dict[str, object]:

@@ -2,7 +2,8 @@
 
 Rows: one ``model_cost_logs`` row per provider *attempt* (``attempt`` column). A call
 retried twice that then succeeds writes two ``failed`` rows and one ``ok`` row; a call
-denied before the provider writes one ``failed`` row with zero cost. ``post_call``
+denied before the provider (policy, rate limit, input guardrails) made no attempt and
+writes no row: the denial is on the call's span and in the events. ``post_call``
 writes the row of the attempt that answered; ``on_failure`` the row of an attempt that
 did not (unless ``post_call`` already wrote that attempt's row, e.g. when a later
 ``post_call`` plugin rejected the output).
@@ -174,6 +175,8 @@ def on_failure(call: Call, error: BaseException, attempt: int) -> None:
     tokens = _usage(usage) if isinstance(usage, Usage) else NO_USAGE
     provider = (response.provider if response else None) or call.request.provider
     model = (response.model if response else None) or call.request.model
+    if isinstance(error, Denied) and response is None and usage is None:
+        return None  # denied before the provider: no attempt was made, nothing billed
     code = getattr(error, "code", None) or type(error).__name__
     answered = response is not None and isinstance(error, Denied)
     state.record(call, provider, model, tokens, failed=not answered, error_code=str(code)[:64])

@@ -107,7 +107,8 @@ class CostKit:
     async def spans(host: Host) -> list[dict[str, Any]]:
         await host.writer.flush()
         table = sa.table(
-            "spans", sa.column("id"), sa.column("kind"), sa.column("status"), sa.column("attributes", sa.JSON)
+            "spans", sa.column("id"), sa.column("kind"), sa.column("status"), sa.column("error_code"),
+            sa.column("attributes", sa.JSON)
         )
         with host.engine.connect() as conn:
             return [dict(r) for r in conn.execute(sa.select(table).where(table.c.kind == "call")).mappings()]

@@ -99,7 +99,7 @@ async def test_retried_call_logs_each_attempt_and_the_span_sums_them(kit: Any) -
     assert Decimal(spans[1]["attributes"]["cost_usd"]) == Decimal("0.0035") + GPT_4O
 
 
-async def test_denied_before_the_provider_writes_one_failed_zero_row(kit: Any) -> None:
+async def test_denied_before_the_provider_writes_no_cost_row(kit: Any) -> None:
     class Limiter:
         __name__ = "limiter"
 
@@ -115,9 +115,9 @@ async def test_denied_before_the_provider_writes_one_failed_zero_row(kit: Any) -
         kit.enable(host)
         with pytest.raises(Denied):
             await kit.call(host, "openai", "gpt-4o", USAGE)
-        [row] = await kit.rows(host)
-    assert row["status"] == "failed" and row["error_code"] == ErrorCode.RATE_LIMITED
-    assert row["total_cost"] == 0 and row["priced"] is True
+        assert await kit.rows(host) == []  # no provider attempt: nothing billed, no row
+        [span] = [s for s in await kit.spans(host) if s["kind"] == "call"]
+    assert span["error_code"] == ErrorCode.RATE_LIMITED
 
 
 async def test_output_rejected_after_costing_is_logged_once_as_billed(kit: Any) -> None:

@@ -197,7 +197,7 @@ def _level(status: str | None) -> str | None:
     s = (status or "").lower()
     if s in ("error", "failed", "failure"):
         return "ERROR"
-    if s in ("warning", "warn", "denied", "blocked", "flagged"):
+    if s in ("warning", "warn", "denied", "blocked", "flagged", "cancelled"):
         return "WARNING"
     return None
 
@@ -276,9 +276,10 @@ class _Builder:
     def observation(self, span: SpanRecord, parent: str | None, as_type: str) -> Observation:
         start, end = self.times(span)
         fields = self.generation_fields(span) if as_type == "generation" else self.span_fields(span)
-        if span.status == "error":
-            fields["level"] = "ERROR"
-            fields["status_message"] = _status_message(span.error_code, span.error_message, self.r) or "error"
+        if span.status in ("error", "cancelled"):
+            # Cancelled (Ctrl-C, SIGTERM) is not a failure of the model: a warning.
+            fields["level"] = "ERROR" if span.status == "error" else "WARNING"
+            fields["status_message"] = _status_message(span.error_code, span.error_message, self.r) or span.status
         elif as_type == "generation" and (span.attributes or {}).get("policy.warnings"):
             fields["level"] = "WARNING"
         return Observation(span.span_id, span_id_for(span.span_id, self.taken), parent, as_type,
@@ -301,9 +302,9 @@ class _Builder:
         if t.attributes:
             meta["run_attributes"] = self.r.clean(t.attributes)
         fields["metadata"] = self.r.clean({k: v for k, v in meta.items() if v is not None})
-        if t.status == "error":
-            fields["level"] = "ERROR"
-            fields["status_message"] = _status_message(t.error_code, t.error_message, self.r) or "error"
+        if t.status in ("error", "cancelled"):
+            fields["level"] = "ERROR" if t.status == "error" else "WARNING"
+            fields["status_message"] = _status_message(t.error_code, t.error_message, self.r) or t.status
 
     def event(self, event: EventRecord, root_key: str) -> Observation:
         parent = event.span_id if event.span_id in self.by_key else root_key
