@@ -6,7 +6,8 @@ active set the chain of every call hook is computed once from
 ``pm.subset_hook_caller(hook, remove_plugins=inactive)`` and sorted by the plugins'
 declared stage; workspaces with the same active set share it. The cache is keyed by
 the flag store's version, so a flag change rebuilds it on the next call. On the hot
-path a call costs two dict look-ups to find its chain.
+path a call costs two dict look-ups to find its chain. The workspace → chain map is
+bounded (``SYNTHHOST_CHAIN_CACHE_SIZE``, default 10,000 workspaces; oldest out first).
 
 Implementations are called one by one (not through pluggy's multicall) so that each
 one's failure is isolated and attributed, and so ``async def`` implementations are
@@ -57,6 +58,9 @@ class Chains:
     def __init__(self, host: Host) -> None:
         self.host = host
         self._by_workspace: dict[str, tuple[int, Chain]] = {}
+        # Workspaces remembered (SYNTHHOST_CHAIN_CACHE_SIZE); chains themselves are shared
+        # per distinct active-plugin set, of which there are few.
+        self.max_workspaces = max(1, int(host.settings.env.get("SYNTHHOST_CHAIN_CACHE_SIZE") or 10_000))
         self._by_active: dict[frozenset[str], Chain] = {}
         self._pm_plugins: tuple[str, ...] = ()
 
@@ -109,7 +113,12 @@ class Chains:
         chain = self._by_active.get(active)
         if chain is None:
             chain = self._by_active[active] = self._build(active)
-        self._by_workspace[workspace] = (flags_version, chain)
+        by_workspace = self._by_workspace
+        if workspace not in by_workspace and len(by_workspace) >= self.max_workspaces:
+            # Bounded: evict the oldest entry (dicts keep insertion order). An evicted
+            # workspace costs one flag resolution on its next call, nothing more.
+            del by_workspace[next(iter(by_workspace))]
+        by_workspace[workspace] = (flags_version, chain)
         return chain
 
     def ordered_all(self, hook: str) -> tuple[Impl, ...]:
@@ -157,6 +166,10 @@ class Chains:
                 self.fault(impl, "pre_call", exc, call, call.workspace)
                 continue
             if result is not None:
+                if not isinstance(result, Response):
+                    self.fault(impl, "pre_call", TypeError(f"returned {_shown(result)}, not a Response or None"),
+                               call, call.workspace)
+                    continue
                 call.attributes["short_circuit_by"] = impl.plugin_name
                 return result
         return None
@@ -167,11 +180,14 @@ class Chains:
             try:
                 result = impl.function(*[kwargs[n] for n in impl.argnames])
                 if inspect.isawaitable(result):
-                    await result
+                    result = await result
             except Denied:
                 raise
             except Exception as exc:
                 self.fault(impl, "post_call", exc, call, call.workspace)
+                continue
+            if result is not None:
+                self.fault(impl, "post_call", TypeError(f"returned {_shown(result)}, not None"), call, call.workspace)
 
     async def on_failure(self, chain: Chain, call: Call, error: BaseException, attempt: int) -> Recovery | None:
         kwargs = {"call": call, "error": error, "attempt": attempt}
@@ -185,7 +201,7 @@ class Chains:
                 continue
             if result is not None:
                 if not isinstance(result, Recovery):
-                    self.fault(impl, "on_failure", TypeError(f"returned {result!r}, not Recovery"),
+                    self.fault(impl, "on_failure", TypeError(f"returned {_shown(result)}, not a Recovery or None"),
                                call, call.workspace)
                     continue
                 call.attributes.setdefault("recoveries", []).append(
@@ -202,9 +218,17 @@ class Chains:
             try:
                 result = impl.function(*[kwargs[n] for n in impl.argnames])
                 if inspect.isawaitable(result):
-                    await result
+                    result = await result
             except Exception as exc:
                 self.fault(impl, "on_trace", exc, None, trace.workspace)
+                continue
+            if result is not None:
+                self.fault(impl, "on_trace", TypeError(f"returned {_shown(result)}, not None"), None, trace.workspace)
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 
 
 assert set(CALL_HOOKS) <= set(spec_names())

@@ -4,7 +4,9 @@ Every hook is keyword-only; an implementation may accept any subset of the argum
 (pluggy's rule). Implementations may be plain functions or ``async def``: the host
 awaits whatever they return. There are two kinds of hook:
 
-Registration hooks (``register_*``) run once, when the host starts. The host calls each
+Registration hooks (``register_*``) run once, when a :class:`~synthhost.Host` is
+constructed (in ``Host.__init__``, before ``start()``: nothing is migrated or connected
+yet, so they only declare). Their return value must be ``None``. The host calls each
 plugin's implementation on its own, with a ``register`` callback bound to that plugin,
 so it knows which plugin declared what and can refuse collisions.
 
@@ -20,7 +22,15 @@ exception is isolated: the host records a ``plugin_error`` event naming the plug
 the hook, counts it (``host.stats.plugin_errors``), and goes on without that plugin's
 result (fail-open), unless the plugin registered ``fail_closed=True`` or is listed in
 ``SYNTHHOST_FAIL_CLOSED``, in which case the call is denied with ``PLUGIN_ERROR``.
-With ``SYNTHHOST_RAISE_ERRORS=1`` plugin exceptions propagate (for debugging).
+With ``SYNTHHOST_RAISE_ERRORS=1`` plugin exceptions propagate (for debugging). A return
+value a hook's contract does not allow (below, per hook) is treated like an exception of
+that plugin: a ``plugin_error``, with the same fail-closed rule.
+
+Wrappers (``@hookimpl(wrapper=True)`` or ``hookwrapper=True``) are refused when the
+plugin is registered, with an error naming the plugin and hook: the host calls each
+implementation on its own, in stage order, to isolate and attribute failures, so
+pluggy's wrapping of the whole multicall has nothing to wrap. Do the "before" part in
+``pre_call`` and the "after" part in ``post_call``/``on_failure``.
 """
 
 from __future__ import annotations
@@ -189,7 +199,8 @@ def pre_call(call: Call) -> Response | Awaitable[Response | None] | None:
         plugin sees and what the provider receives. ``call.attempt`` tells which attempt.
 
     Return value: ``None`` to go on, or a :class:`synthhost.Response` to short-circuit
-    (the provider is not called, ``post_call`` still runs). Raise
+    (the provider is not called, ``post_call`` still runs). Anything else is a
+    ``plugin_error`` of that plugin (a fail-closed plugin's denies the call). Raise
     :class:`synthhost.Denied` to stop the call: later plugins do not run, and nothing
     they would charge (rate-limit quota) is charged.
     """
@@ -197,14 +208,16 @@ def pre_call(call: Call) -> Response | Awaitable[Response | None] | None:
 
 @hookspec
 def post_call(call: Call, response: Response) -> Awaitable[None] | None:
-    """After a successful provider answer, in stage order (output guardrails, cost,
-    similarity log, telemetry, ...).
+    """After a successful provider answer, in stage order (cost, output guardrails,
+    similarity log, telemetry, ...). Cost comes first: the tokens were billed even when a
+    guardrail then rejects the output.
 
     :param call: the call context (the request as sent).
     :param response: the provider's response, with usage.
 
-    Return value: ignored. Raise :class:`synthhost.Denied` to reject the output (the
-    call then fails with that code; observers later in the chain do not run).
+    Return value: ``None`` (anything else is a ``plugin_error`` of that plugin). Raise
+    :class:`synthhost.Denied` to reject the output (the call then fails with that code;
+    observers later in the chain do not run).
     """
 
 

@@ -126,26 +126,33 @@ class Host:
         plugin, so the registry knows who declared what."""
         reg = Registry()
         hook = self.pm.hook
+
+        def declare(hook_name: str, impl: Any, register: Callable[..., None]) -> None:
+            if impl.function(register=register) is not None:
+                raise RegistrationError(f"plugin {impl.plugin_name!r}: {hook_name} must return None "
+                                        "(declare through the register callback)")
+
         for impl in hook.register_flags.get_hookimpls():
-            impl.function(register=lambda name, default=False, description="", _p=impl.plugin_name:
-                          reg.add_flag(_p, name, default, description))
+            declare("register_flags", impl, lambda name, default=False, description="", _p=impl.plugin_name:
+                    reg.add_flag(_p, name, default, description))
         for impl in hook.register_gate.get_hookimpls():
             p = impl.plugin_name
-            impl.function(register=lambda gate, _p=p, **kw: reg.add_gate(_p, gate, **kw))
+            declare("register_gate", impl, lambda gate, _p=p, **kw: reg.add_gate(_p, gate, **kw))
         for impl in hook.register_migrations.get_hookimpls():
             p = impl.plugin_name
-            impl.function(register=lambda path, _p=p: reg.add_migrations(_p, path))
+            declare("register_migrations", impl, lambda path, _p=p: reg.add_migrations(_p, path))
         for impl in hook.register_providers.get_hookimpls():
             p = impl.plugin_name
             builtin = self.plugins.info[p].default if p in self.plugins.info else False
-            impl.function(register=lambda name, factory, _p=p, _b=builtin: reg.add_provider(_p, name, factory,
-                                                                                             builtin=_b))
+            declare("register_providers", impl, lambda name, factory, _p=p, _b=builtin:
+                    reg.add_provider(_p, name, factory, builtin=_b))
         for impl in hook.register_exporters.get_hookimpls():
             p = impl.plugin_name
-            impl.function(register=lambda name, factory, _p=p, **kw: reg.add_exporter(_p, name, factory, **kw))
+            declare("register_exporters", impl, lambda name, factory, _p=p, **kw:
+                    reg.add_exporter(_p, name, factory, **kw))
         for impl in hook.register_health_checks.get_hookimpls():
             p = impl.plugin_name
-            impl.function(register=lambda name, check, _p=p: reg.add_health_check(_p, name, check))
+            declare("register_health_checks", impl, lambda name, check, _p=p: reg.add_health_check(_p, name, check))
         for name, gate in reg.gates.items():
             if isinstance(gate.gate, str) and gate.gate not in reg.flags:
                 raise RegistrationError(f"plugin {name!r} is gated by undeclared flag {gate.gate!r}")

@@ -20,6 +20,7 @@ from types import ModuleType
 import pluggy
 
 from synthhost import hookspecs
+from synthhost.registry import RegistrationError
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "synthhost.default_plugins.echo",
@@ -89,6 +90,14 @@ class PluginSet:
         if self.pm.has_plugin(name) or self.pm.is_registered(plugin):
             return name  # idempotent
         self.pm.register(plugin, name=name)
+        wrappers = [impl for caller in self.pm.get_hookcallers(plugin) or [] for impl in caller.get_hookimpls()
+                    if impl.plugin_name == name and (impl.wrapper or impl.hookwrapper)]
+        if wrappers:
+            self.pm.unregister(plugin, name=name)
+            hooks = ", ".join(sorted({w.function.__name__ for w in wrappers}))
+            raise RegistrationError(
+                f"plugin {name!r}: hook wrappers are not supported ({hooks}): synthhost calls each "
+                "implementation on its own, in stage order; use pre_call and post_call/on_failure instead")
         module = getattr(plugin, "__name__", type(plugin).__module__)
         self.info[name] = PluginInfo(name, distribution, version, str(module), default)
         self.order.append(name)
