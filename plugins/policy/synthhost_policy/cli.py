@@ -238,6 +238,7 @@ class _RequestContext(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     prompt_tokens: int | None = None
     estimated_cost: float | None = None
+    cost_known: bool | None = None
 
 
 class _Id(BaseModel):
@@ -339,6 +340,7 @@ def test_command(file: Path, context: str, as_json: bool) -> None:
         for k, v in (
             ("request.prompt_tokens", ctx.request.prompt_tokens),
             ("request.estimated_cost", ctx.request.estimated_cost),
+            ("request.cost_known", ctx.request.cost_known),
         )
         if v is not None
     }

@@ -118,9 +118,13 @@ def _prompt_tokens(subject: Subject, memo: dict[str, Any]) -> int:
     return prompt_tokens(subject.request)  # the host's shared estimator, memoised per request
 
 
-def _estimated_cost(subject: Subject, memo: dict[str, Any]) -> float:
+def _estimated_cost(subject: Subject, memo: dict[str, Any]) -> float | None:
     req = subject.request
     return pricing.estimate(req.provider, req.model, _prompt_tokens(subject, memo), req.params)
+
+
+def _cost_known(subject: Subject, memo: dict[str, Any]) -> bool:
+    return pricing.known(subject.request.provider, subject.request.model)
 
 
 Getter = Callable[[Subject, dict[str, Any]], Any]
@@ -132,6 +136,7 @@ GETTERS: dict[str, Getter] = {
     "request.prompt": _prompt,
     "request.prompt_tokens": _prompt_tokens,
     "request.estimated_cost": _estimated_cost,
+    "request.cost_known": _cost_known,
     "request.region": lambda s, m: s.request.region,
     "request.metadata": lambda s, m: s.request.metadata,
     "request.messages": lambda s, m: s.request.messages,
@@ -152,6 +157,7 @@ DEPENDS: dict[str, frozenset[str]] = {
     "request.prompt": frozenset({"messages"}),
     "request.prompt_tokens": frozenset({"messages"}),
     "request.estimated_cost": frozenset({"model", "provider", "params", "messages"}),
+    "request.cost_known": frozenset({"model", "provider"}),
 }
 ALL_FIELDS = frozenset({"model", "provider", "params", "region", "metadata", "messages"})
 

@@ -28,6 +28,7 @@ ROOT_FIELDS: dict[str, tuple[str, ...]] = {
         "prompt",
         "prompt_tokens",
         "estimated_cost",
+        "cost_known",
         "region",
         "metadata",
         "messages",

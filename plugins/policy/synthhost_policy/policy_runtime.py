@@ -102,7 +102,8 @@ class PolicyRuntime(PolledSnapshot):
             key = (row.workspace, row.name, row.version)
             stored[key] = row
             by_ws.setdefault(row.workspace, []).append(key)
-        if any("request.estimated_cost" in _text(r.document) for r in stored.values()):
+        if any("request.estimated_cost" in _text(r.document) or "request.cost_known" in _text(r.document)
+               for r in stored.values()):
             pricing.warm()  # off the call path: reload runs at start-up or in the poller
         with self._lock:
             if token < self._token:

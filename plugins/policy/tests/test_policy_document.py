@@ -64,7 +64,7 @@ def test_invalid_cel_is_refused_with_its_position_in_the_file() -> None:
     text = GOOD.replace("request.params.max_tokens", "request.param.max_tokens")
     assert errors(text) == [
         "p.yaml:14:19: rules[1].when: invalid CEL expression at 1:9: unknown field "
-        "request.param (known: model, provider, params, prompt, prompt_tokens, estimated_cost, "
+        "request.param (known: model, provider, params, prompt, prompt_tokens, estimated_cost, cost_known, "
         "region, metadata, messages)"
     ]
 

@@ -252,7 +252,7 @@ def test_estimated_cost_uses_prompt_tokens_and_max_tokens() -> None:
     assert inp > 0 and out > 0
     expected = 3 * inp + 100 * out
     assert pricing.estimate("openai", "gpt-4o", 3, {"max_tokens": 100}) == pytest.approx(expected)
-    assert pricing.estimate("echo", "no-such-model-xyz", 1000, {}) == 0.0
+    assert pricing.estimate("echo", "no-such-model-xyz", 1000, {}) is None  # unknown, never 0.0
     p = policy("s", [rule("r", f"request.estimated_cost > {expected * 0.99}", BLOCK)])
     assert evaluate(plan((p, "w1")), subject(prompt="0123456789", params={"max_tokens": 100})).blocked
     assert evaluate(plan((p, "w1")), subject(prompt="0123456789", params={"max_tokens": 50})).allowed

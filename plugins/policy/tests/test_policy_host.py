@@ -397,3 +397,32 @@ async def test_a_crash_in_the_plugin_fails_closed(make_host: MakeHost, monkeypat
         assert echo(host).call_count == 0
     finally:
         await host.stop()
+
+
+@pytest.mark.parametrize("when", ["!request.cost_known || request.estimated_cost > 0.5",
+                                  "request.estimated_cost > 0.5"])
+async def test_a_cost_ceiling_denies_a_model_without_a_known_price(make_host: MakeHost, when: str) -> None:
+    """An unknown or misspelt model has no estimate (null, cost_known false), never 0.0:
+    a cost ceiling cannot be bypassed by naming a model genai-prices does not know."""
+    host = await started(make_host)
+    try:
+        apply_policy(host, doc("budget", rule("ceiling", when, {"type": "block", "message": "over budget"})),
+                     workspace="w1")
+        with pytest.raises(Denied) as info:
+            await host.complete(model="echo/gpt-4o-minii", workspace="w1", messages="hello",
+                                params={"max_tokens": 10})
+        assert info.value.code == ErrorCode.POLICY_DENIED
+        assert echo(host).call_count == 0
+        # A known, cheap model passes the same ceiling.
+        await host.complete(model="echo/gpt-4o-mini", workspace="w1", messages="hello", params={"max_tokens": 10})
+        assert echo(host).call_count == 1
+    finally:
+        await host.stop()
+
+
+def test_cost_known_and_a_null_estimate_for_an_unknown_model() -> None:
+    from synthhost_policy import pricing
+
+    assert pricing.known("openai", "gpt-4o-mini") and pricing.estimate("openai", "gpt-4o-mini", 100, {}) is not None
+    assert not pricing.known("openai", "gpt-4o-minii")
+    assert pricing.estimate("openai", "gpt-4o-minii", 100, {"max_tokens": 10}) is None
