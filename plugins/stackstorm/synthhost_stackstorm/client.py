@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,6 +22,7 @@ import httpx
 
 from synthhost_stackstorm.config import Config
 
+_ACTION_NOT_FOUND = re.compile(r'^Action "[^"]*" cannot be found\.')
 TERMINAL = frozenset({"succeeded", "failed", "timeout", "canceled", "abandoned"})
 ErrorKind = Literal["unreachable", "unauthorized", "not_found", "rejected", "server_error", "deadline",
                     "failed", "invalid_response"]
@@ -28,7 +30,8 @@ ErrorKind = Literal["unreachable", "unauthorized", "not_found", "rejected", "ser
 
 class St2Error(Exception):
     """Anything that kept StackStorm from giving an answer. ``kind``: unreachable,
-    unauthorized (401/403), not_found (404: action or pack not installed), rejected
+    unauthorized (401/403), not_found (an action or pack not installed: st2's 400
+    ``Action "x" cannot be found.``, or 404 for other resources), rejected
     (other 4xx, e.g. bad parameters), server_error (5xx), deadline (our
     ``STACKSTORM_TIMEOUT``; the execution was cancelled), failed (the execution ended
     failed/timeout/canceled/abandoned), invalid_response."""
@@ -85,7 +88,9 @@ def http_error(response: httpx.Response, what: str, execution_id: str | None = N
         hint = "check STACKSTORM_API_KEY (sent as St2-Api-Key)"
         return St2Error("unauthorized", f"{what}: StackStorm refused the credentials ({status}: {fault}); {hint}",
                         status_code=status, execution_id=execution_id)
-    if status == 404:
+    if status == 404 or (status == 400 and _ACTION_NOT_FOUND.search(fault)):
+        # st2api answers a missing action (pack not installed) with 400 'Action "x" cannot
+        # be found.' on POST /executions, and 404 for unknown resources elsewhere.
         return St2Error("not_found", f"{what}: {status} {fault}", status_code=status, execution_id=execution_id)
     kind: ErrorKind = "server_error" if status >= 500 else "rejected"
     return St2Error(kind, f"{what}: {status} {fault}", status_code=status, execution_id=execution_id)

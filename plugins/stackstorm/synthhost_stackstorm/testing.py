@@ -18,7 +18,8 @@ What it does, as st2api does (st2 OpenAPI spec; checked with st2client 3.9.0):
 - routes under ``/api/v1`` (nginx) and ``/v1`` (st2api on :9101);
 - ``POST /executions`` → 201 Execution (``id`` 24 hex, ``action``, ``runner``,
   ``liveaction``, ``parameters``, ``status: requested``, ``start_timestamp``,
-  ``context.user``, ``result: {}``, ``log``, ``web_url``); unknown action → 404
+  ``context.user``, ``result: {}``, ``log``, ``web_url``); unknown action → **400**
+  ``Action "<ref>" cannot be found.`` (as st2api does, not 404)
   ``Action "x" cannot be found.``; parameters the action does not declare, missing
   required ones, wrong types → 400 with the jsonschema-style faultstring;
 - ``GET /executions/{id}``: each poll advances ``requested → scheduled → running →``
@@ -310,7 +311,8 @@ class FakeSt2:
         with self._lock:
             execution = self._executions.get(rest[0])
             if execution is None:
-                return 404, {"faultstring": f'Resource with a ID "{rest[0]}" not found'}
+                # st2's ResourceController._get_one_by_id wording.
+                return 404, {"faultstring": f'Unable to identify resource with id "{rest[0]}".'}
             if method == "GET" and len(rest) == 1:
                 self._advance(execution)
                 return 200, self._json(execution)
@@ -339,7 +341,8 @@ class FakeSt2:
             script = self.scripts.get(ref)
         meta = self.runner.pack.actions.get(ref)
         if meta is None and script is None:
-            return 404, {"faultstring": f'Action "{ref}" cannot be found.'}
+            # st2api answers 400 here, not 404 (actionexecutions.py: abort(BAD_REQUEST, ...)).
+            return 400, {"faultstring": f'Action "{ref}" cannot be found.'}
         runner_type = (meta or {}).get("runner_type", "orquesta")
         try:
             resolved = resolve_parameters(meta, parameters) if meta is not None else dict(parameters)

@@ -136,8 +136,10 @@ async def test_rejections(st2: FakeSt2) -> None:
     async with St2Client(config(st2)) as client:
         with pytest.raises(St2Error) as missing:
             await client.run("synthralos.nope", {})
-        assert missing.value.kind == "not_found"
+        # st2api's real answer: 400 with its faultstring (not 404); still "not installed".
+        assert missing.value.kind == "not_found" and missing.value.status_code == 400
         assert 'Action "synthralos.nope" cannot be found.' in missing.value.message
+        assert (st2.requests[-1].method, st2.requests[-1].path) == ("POST", "/api/v1/executions")
         with pytest.raises(St2Error) as extra:
             await client.run("synthralos.llm_retry", {**RETRY_PARAMS, "prompt": "x"})
         assert extra.value.kind == "rejected" and "Additional properties are not allowed" in extra.value.message
@@ -192,3 +194,18 @@ async def test_a_cancelled_caller_cancels_the_execution(st2: FakeSt2) -> None:
             await client.run("synthralos.llm_retry", RETRY_PARAMS)
     (execution,) = st2.executions("synthralos.llm_retry")
     assert execution["status"] == "canceling" and st2.calls("DELETE", f"/executions/{execution['id']}")
+
+
+async def test_the_double_answers_like_st2api(st2: FakeSt2) -> None:
+    """Statuses and faultstrings of st2api for the endpoints the plugin uses."""
+    cfg = config(st2)
+    async with httpx.AsyncClient(base_url=cfg.api_url, headers=cfg.auth_headers()) as http:
+        missing = await http.post("/executions", json={"action": "nopack.nothing", "parameters": {}})
+        assert missing.status_code == 400
+        assert missing.json() == {"faultstring": 'Action "nopack.nothing" cannot be found.'}
+        unknown = await http.get("/executions/5f0000000000000000000000")
+        assert unknown.status_code == 404
+        assert unknown.json() == {"faultstring": 'Unable to identify resource with id "5f0000000000000000000000".'}
+    async with httpx.AsyncClient(base_url=cfg.api_url) as anonymous:
+        denied = await anonymous.post("/executions", json={"action": "synthralos.llm_retry"})
+        assert denied.status_code == 401 and denied.json()["faultstring"].startswith("Unauthorized")
