@@ -254,25 +254,31 @@ class _Script:
 
 
 class _Wire:
-    """Connections of our own (idle ones kept in a list: one event loop, no lock)."""
+    """Connections of our own (idle ones kept in a list: one event loop, no lock), at
+    most ``size`` open at once: a caller beyond that waits for one to come back, up to
+    ``wait_s``, then gets a ``ConnectionError`` (and the limiter fails open or closed as
+    configured). 500 concurrent calls use ``size`` connections, not 500."""
 
-    MAX_IDLE = 64
-
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, size: int = 16, wait_s: float = 1.0) -> None:
         self.pool = client.connection_pool
         self.client = client
         self.idle: list[Any] = []
         self.closed = False
+        self.size = size
+        self.wait_s = wait_s
+        self.slots = asyncio.Semaphore(size)
+        self.opened = 0  # connections made over the wire's life (for tests and stats)
 
     async def _get(self) -> tuple[Any, bool]:
         if self.idle:
             return self.idle.pop(), False
         conn = self.pool.make_connection()
         await conn.connect()
+        self.opened += 1
         return conn, True
 
     async def _put(self, conn: Any) -> None:
-        if self.closed or len(self.idle) >= self.MAX_IDLE:
+        if self.closed or len(self.idle) >= self.size:
             await conn.disconnect()
         else:
             self.idle.append(conn)
@@ -281,6 +287,17 @@ class _Wire:
         """Send one EVALSHA; load the script if this server does not know it; retry
         once on a fresh connection when a pooled one turns out dead (Redis restarted).
         Every script is idempotent, so a retry after a lost reply is harmless."""
+        try:
+            await asyncio.wait_for(self.slots.acquire(), self.wait_s)
+        except TimeoutError:
+            raise ConnectionError(f"rate limiter: all {self.size} Redis connections busy for {self.wait_s:g}s "
+                                  "(SYNTHHOST_RATELIMIT_REDIS_POOL)") from None
+        try:
+            return await self._call(script, payload)
+        finally:
+            self.slots.release()
+
+    async def _call(self, script: _Script, payload: bytes) -> Any:
         for attempt in (1, 2):
             conn, fresh = await self._get()
             try:
@@ -326,14 +343,15 @@ class _SyncWire:
     """The same calls on redis-py's blocking client, run in a worker thread: for hosts
     running on trio, where redis.asyncio cannot run."""
 
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, pool_size: int = 16) -> None:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s,
-                                           socket_connect_timeout=timeout_s,
-                                           retry=Retry(NoBackoff(), 0))
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=pool_size, timeout=max(1.0, 4 * timeout_s), socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
+        self.client = redis.Redis(connection_pool=pool)
 
     def call_sync(self, script: _Script, payload: bytes) -> Any:
         pool = self.client.connection_pool
@@ -380,11 +398,12 @@ class RedisLimiter:
 
     def __init__(self, client: aioredis.Redis, prefix: str = "synthhost:rl",
                  clock: Callable[[], int] | None = None, *, url: str | None = None,
-                 timeout_s: float = 0.25) -> None:
+                 timeout_s: float = 0.25, pool_size: int = 16) -> None:
         self.client = client
         self.prefix = prefix
         self._clock = clock
-        self._wire = _Wire(client)
+        self._pool_size = pool_size
+        self._wire = _Wire(client, pool_size, wait_s=max(1.0, 4 * timeout_s))
         self._url, self._timeout_s = url, timeout_s
         self._sync_wire: _SyncWire | None = None
         self._acquire = _Script(ACQUIRE)
@@ -398,7 +417,7 @@ class RedisLimiter:
         if self._sync_wire is None:
             if self._url is None:
                 raise RuntimeError("rate limiter: Redis under a non-asyncio loop needs a URL")
-            self._sync_wire = _SyncWire(self._url, self._timeout_s)
+            self._sync_wire = _SyncWire(self._url, self._timeout_s, self._pool_size)
         return await self._sync_wire.call(script, payload)
 
     def keys_for(self, checks: Sequence[ScopeCheck]) -> list[str]:
@@ -481,7 +500,7 @@ class RedisLimiter:
 
 
 def connect(url: str, *, timeout_s: float = 0.25, prefix: str = "synthhost:rl",
-            clock: Callable[[], int] | None = None) -> RedisLimiter:
+            clock: Callable[[], int] | None = None, pool_size: int = 16) -> RedisLimiter:
     """A limiter on ``url`` with short timeouts (a slow Redis must not stall calls) and
     one immediate retry (a pooled connection that died with a Redis restart)."""
     from redis.asyncio.retry import Retry
@@ -494,4 +513,4 @@ def connect(url: str, *, timeout_s: float = 0.25, prefix: str = "synthhost:rl",
         retry=Retry(NoBackoff(), 1),
         health_check_interval=0,
     )
-    return RedisLimiter(client, prefix=prefix, clock=clock, url=url, timeout_s=timeout_s)
+    return RedisLimiter(client, prefix=prefix, clock=clock, url=url, timeout_s=timeout_s, pool_size=pool_size)

@@ -48,6 +48,7 @@ class Config:
     probe_s: float
     refresh_s: float
     default_max_tokens: int
+    pool_size: int = 16
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], redis_url: str | None,
@@ -69,6 +70,7 @@ class Config:
             probe_s=num("SYNTHHOST_RATELIMIT_PROBE_S", 1.0),
             refresh_s=num("SYNTHHOST_RATELIMIT_REFRESH_S", refresh_s),
             default_max_tokens=int(num("SYNTHHOST_RATELIMIT_DEFAULT_MAX_TOKENS", DEFAULT_MAX_TOKENS)),
+            pool_size=max(1, int(num("SYNTHHOST_RATELIMIT_REDIS_POOL", 16))),
         )
 
 
@@ -149,7 +151,8 @@ class RateLimiter:
         if config.redis_url:
             from synthhost_ratelimit.redis_backend import connect
 
-            limiter = connect(config.redis_url, timeout_s=config.timeout_s, prefix=config.prefix)
+            limiter = connect(config.redis_url, timeout_s=config.timeout_s, prefix=config.prefix,
+                              pool_size=config.pool_size)
             state = cls(config, table, limiter=limiter, guard=None, emit=host.emit)
             state.guard = Guarded(limiter, mode=config.fail, probe_s=config.probe_s,
                                   notify=state._queue_event)
