@@ -223,6 +223,16 @@ def event_dict(row: Mapping[Any, Any]) -> dict[str, Any]:
     }
 
 
+def retry_due_now(engine: sa.Engine, exporter: str | None = None) -> int:
+    """Make pending rows that are backing off due now (for ``synthhost queue drain``)."""
+    t = OUTBOX
+    query = sa.update(t).where(t.c.state == PENDING).values(next_attempt_at=utcnow())
+    if exporter is not None:
+        query = query.where(t.c.exporter == exporter)
+    with engine.begin() as conn:
+        return int(conn.execute(query).rowcount or 0)
+
+
 def queue_stats(engine: sa.Engine, exporters: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
     """Per exporter: ``pending`` (never tried), ``retrying`` (pending after a failed
     attempt), ``in_flight``, ``delivered`` (kept for the retention window), ``parked``,

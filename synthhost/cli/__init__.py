@@ -65,6 +65,9 @@ def _attach() -> None:
     from synthhost.cli.models import models_command
 
     cli.add_command(models_command, "models")
+    from synthhost.cli.worker import worker_command
+
+    cli.add_command(worker_command, "worker")
     from synthhost.cli.queue import queue_command
     from synthhost.cli.schedule import schedule_command
 

@@ -60,3 +60,53 @@ def retry_parked_command(exporter: str | None) -> None:
             )
         count = retry_parked(host.engine, exporter)
     click.echo(f"re-queued {count} parked row(s){f' for {exporter}' if exporter else ''}")
+
+
+WAITING = ("pending", "retrying", "in_flight")
+
+
+@queue_command.command("drain")
+@click.option("--timeout", type=click.FloatRange(min=0, max=86400), default=60.0, show_default=True,
+              metavar="SECONDS", help="Give up after this long.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final counts as JSON.")
+@click.pass_context
+def drain_command(ctx: click.Context, timeout: float, as_json: bool) -> None:
+    """Deliver everything waiting in the outbox, then exit.
+
+    \b
+    Exit status: 0 when nothing is left waiting (pending, retrying, in flight); 1 with
+    the counts per exporter when something is (a receiver down, an exporter not
+    configured in this environment). Parked rows are reported, not waited for
+    (`synthhost queue retry-parked` puts them back).
+    """
+    from synthhost.cli.context import open_host, run_async
+    from synthhost.outbox import queue_stats, retry_due_now
+
+    async def main() -> dict[str, dict[str, object]]:
+        import anyio
+
+        async with open_host() as host:
+            await host.writer.flush()
+            retry_due_now(host.engine)  # rows backing off are due now: this is a drain
+            outbox = host._outbox
+            if outbox is not None:
+                outbox.wake()
+            with anyio.move_on_after(timeout):
+                while True:
+                    stats = await anyio.to_thread.run_sync(queue_stats, host.engine, host.registry.exporters)
+                    if not any(row[k] for row in stats.values() for k in WAITING):
+                        break
+                    await anyio.sleep(0.1)
+            return await anyio.to_thread.run_sync(queue_stats, host.engine, host.registry.exporters)
+
+    result = run_async(main)
+    left = {name: {k: row[k] for k in (*WAITING, "parked")} for name, row in result.items()}
+    waiting = sum(int(row[k]) for row in left.values() for k in WAITING)  # type: ignore[call-overload]
+    if as_json:
+        click.echo(json.dumps({"waiting": waiting, "exporters": left}, indent=2, sort_keys=True))
+    else:
+        for name, row in sorted(left.items()):
+            click.echo(f"{name}: " + ", ".join(f"{k} {v}" for k, v in row.items()))
+        click.echo("outbox drained" if not waiting else f"{waiting} row(s) still waiting after {timeout:g}s",
+                   err=bool(waiting))
+    ctx.exit(1 if waiting else 0)
