@@ -142,8 +142,8 @@ async def test_langfuse_outage_then_recovery(make_host: MakeHost, langfuse_env: 
     try:
         results = [await host.run(SPEC, workspace="w1", inputs={"topic": f"t{i}"}) for i in range(8)]
         assert all(r.ok for r in results)
-        # Async mode: the trace hook hands back no awaitable, so nothing waits on Langfuse.
-        assert all(r.duration_ms < 900 for r in results)  # a generous bound, far below one SDK timeout
+        # Async mode: the trace hook hands back no awaitable, so nothing waits on Langfuse
+        # (runs finish while it is down, refusing or slow; nothing is delivered yet).
         assert synthhost_langfuse.on_trace(_trace_of(host, results[0]), host) is None
 
         def failed_once() -> bool:
