@@ -19,30 +19,30 @@ class Recorder:
         self.flag = flag
 
     @hookimpl
-    def register_flags(self, register):  # type: ignore[no-untyped-def]
+    def register_flags(self, register):
         if self.flag:
             register(self.flag, default=False)
 
     @hookimpl
-    def register_gate(self, register):  # type: ignore[no-untyped-def]
+    def register_gate(self, register):
         register(self.flag, order=self.order)
 
     @hookimpl
-    def pre_call(self, call):  # type: ignore[no-untyped-def]
+    def pre_call(self, call):
         self.log.append(f"{self.__name__}.pre")
 
     @hookimpl
-    def post_call(self, call, response):  # type: ignore[no-untyped-def]
+    def post_call(self, call, response):
         self.log.append(f"{self.__name__}.post")
 
 
 class AsyncRecorder(Recorder):
     @hookimpl
-    async def pre_call(self, call):  # type: ignore[no-untyped-def,override]
+    async def pre_call(self, call):
         self.log.append(f"{self.__name__}.pre")
 
     @hookimpl
-    async def post_call(self, call, response):  # type: ignore[no-untyped-def,override]
+    async def post_call(self, call, response):
         self.log.append(f"{self.__name__}.post")
 
 
@@ -64,11 +64,11 @@ async def test_denial_stops_the_chain_and_the_provider(make_host):
         __name__ = "blocker"
 
         @hookimpl
-        def register_gate(self, register):  # type: ignore[no-untyped-def]
+        def register_gate(self, register):
             register(None, order=Stage.POLICY)
 
         @hookimpl
-        def pre_call(self, call):  # type: ignore[no-untyped-def]
+        def pre_call(self, call):
             log.append("blocker.pre")
             raise Denied(ErrorCode.POLICY_DENIED, "no", rule="r1")
 
@@ -89,11 +89,11 @@ async def test_crash_is_isolated_recorded_and_counted(make_host):
         __name__ = "crasher"
 
         @hookimpl
-        def pre_call(self, call):  # type: ignore[no-untyped-def]
+        def pre_call(self, call):
             raise RuntimeError("boom")
 
         @hookimpl
-        async def post_call(self, call, response):  # type: ignore[no-untyped-def]
+        async def post_call(self, call, response):
             raise ValueError("bad")
 
     async with make_host(Crasher()) as host:
@@ -109,11 +109,11 @@ async def test_fail_closed_plugin_denies(make_host):
         __name__ = "strict"
 
         @hookimpl
-        def register_gate(self, register):  # type: ignore[no-untyped-def]
+        def register_gate(self, register):
             register(None, fail_closed=True)
 
         @hookimpl
-        def pre_call(self, call):  # type: ignore[no-untyped-def]
+        def pre_call(self, call):
             raise RuntimeError("cannot decide")
 
     async with make_host(Strict()) as host:
@@ -128,7 +128,7 @@ async def test_fail_closed_by_environment(make_host):
         __name__ = "flaky"
 
         @hookimpl
-        def pre_call(self, call):  # type: ignore[no-untyped-def]
+        def pre_call(self, call):
             raise RuntimeError("x")
 
     async with make_host(Flaky(), env={"SYNTHHOST_FAIL_CLOSED": "flaky"}) as host:
@@ -141,7 +141,7 @@ async def test_short_circuit_response_skips_provider(make_host):
         __name__ = "cache"
 
         @hookimpl
-        def pre_call(self, call):  # type: ignore[no-untyped-def]
+        def pre_call(self, call):
             return Response("cached", call.request.model, "cache", Usage(1, 1))
 
     async with make_host(Cache()) as host:
@@ -183,7 +183,7 @@ async def test_first_recovery_answer_wins_and_reroutes(make_host):
         __name__ = "router"
 
         @hookimpl
-        def on_failure(self, call, error, attempt):  # type: ignore[no-untyped-def]
+        def on_failure(self, call, error, attempt):
             if attempt == 1:
                 return Recovery("reroute", changes={"model": "backup"}, reason="fallback")
             return None
@@ -227,12 +227,12 @@ async def test_predicate_gate(make_host):
 
     class Either(Recorder):
         @hookimpl
-        def register_flags(self, register):  # type: ignore[no-untyped-def,override]
+        def register_flags(self, register):
             register("flag_a")
             register("flag_b")
 
         @hookimpl
-        def register_gate(self, register):  # type: ignore[no-untyped-def,override]
+        def register_gate(self, register):
             register(lambda f: f["flag_a"] or f["flag_b"])
 
     async with make_host(Either("either", log, 100)) as host:
@@ -258,7 +258,7 @@ async def test_plugin_error_messages_never_carry_secrets(make_host, caplog):
         __name__ = "leaky"
 
         @hookimpl
-        def pre_call(self, call):  # type: ignore[no-untyped-def]
+        def pre_call(self, call):
             raise RuntimeError(f"auth failed with key {secret}")
 
     async with make_host(Leaky(), env={"OPENAI_API_KEY": secret}) as host:

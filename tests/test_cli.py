@@ -11,15 +11,15 @@ from synthhost.cli import cli
 
 
 @pytest.fixture
-def invoke(db_url):  # type: ignore[no-untyped-def]
-    def run(*args: str, **env: str):  # type: ignore[no-untyped-def]
+def invoke(db_url):
+    def run(*args: str, **env: str):
         full = {"DATABASE_URL": db_url, "SYNTHHOST_LOAD_PLUGINS": "cost", **env}
         return CliRunner().invoke(cli, list(args), env=full)
 
     return run
 
 
-def test_flags_set_list_unset(invoke):  # type: ignore[no-untyped-def]
+def test_flags_set_list_unset(invoke):
     result = invoke("flags", "set", "track_model_costs", "on", "--workspace", "acme")
     assert result.exit_code == 0, result.output
     listed = json.loads(invoke("flags", "list", "--workspace", "acme", "--json").output)
@@ -33,18 +33,18 @@ def test_flags_set_list_unset(invoke):  # type: ignore[no-untyped-def]
     assert {f["name"]: f["source"] for f in again}["track_model_costs"] == "default"
 
 
-def test_unknown_flag_exits_2_with_a_suggestion(invoke):  # type: ignore[no-untyped-def]
+def test_unknown_flag_exits_2_with_a_suggestion(invoke):
     result = invoke("flags", "set", "track_model_cost", "on")
     assert result.exit_code == 2
     assert result.output == "Error: unknown flag 'track_model_cost' (did you mean 'track_model_costs'?)\n"
 
 
-def test_bad_flag_value_exits_2(invoke):  # type: ignore[no-untyped-def]
+def test_bad_flag_value_exits_2(invoke):
     result = invoke("flags", "set", "track_model_costs", "maybe")
     assert result.exit_code == 2 and "not on/off" in result.output
 
 
-def test_plugins_lists_distribution_hooks_gate_and_activity(invoke):  # type: ignore[no-untyped-def]
+def test_plugins_lists_distribution_hooks_gate_and_activity(invoke):
     invoke("flags", "set", "track_model_costs", "on", "--workspace", "acme")
     rows = {r["name"]: r for r in json.loads(invoke("plugins", "--workspace", "acme", "--json").output)}
     # The allow-list loaded only `cost` besides the defaults.
@@ -57,12 +57,12 @@ def test_plugins_lists_distribution_hooks_gate_and_activity(invoke):  # type: ig
     assert off["cost"]["active"] is False and off["echo"]["active"] is True
 
 
-def test_empty_allow_list_loads_no_installed_plugin(invoke):  # type: ignore[no-untyped-def]
+def test_empty_allow_list_loads_no_installed_plugin(invoke):
     rows = json.loads(invoke("plugins", "--json", SYNTHHOST_LOAD_PLUGINS="").output)
     assert {r["name"] for r in rows} == {"echo", "openai", "anthropic", "gemini", "recovery", "scheduler"}
 
 
-def test_db_commands(invoke):  # type: ignore[no-untyped-def]
+def test_db_commands(invoke):
     assert invoke("db", "upgrade").exit_code == 0
     current = invoke("db", "current")
     assert (current.exit_code == 0 and "0001_host" not in current.output) or "head" in current.output
@@ -73,7 +73,7 @@ def test_db_commands(invoke):  # type: ignore[no-untyped-def]
     assert up.exit_code == 0 and "upgraded" in up.output
 
 
-def test_health(invoke):  # type: ignore[no-untyped-def]
+def test_health(invoke):
     result = invoke("health", "--json")
     checks = {c["name"]: c for c in json.loads(result.output)}
     assert checks["database"]["ok"] is True

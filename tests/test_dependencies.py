@@ -104,7 +104,7 @@ def test_langfuse_and_otel_internals_exist() -> None:
     assert LangfuseResourceManager._lock is not None
     exporter = OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces")
     try:
-        assert isinstance(exporter._client._headers, dict)  # type: ignore[attr-defined]
+        assert isinstance(exporter._client._headers, dict)
     finally:
         exporter.shutdown()
 

@@ -19,7 +19,7 @@ class Declares:
     __name__ = "declares"
 
     @hookimpl
-    def register_flags(self, register):  # type: ignore[no-untyped-def]
+    def register_flags(self, register):
         register("track_model_costs", default=False, description="cost")
         register("enable_async_trace_export", default=True, description="async")
 

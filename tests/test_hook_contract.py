@@ -27,7 +27,7 @@ def test_wrappers_are_refused_at_registration_naming_the_plugin(make_host: Any, 
     class Wrapping:
         __name__ = "acme_wrapping"
 
-        @hookimpl(**opts)
+        @hookimpl(**opts)  # type: ignore[call-overload]  # a bool flag from the parameters
         def pre_call(self, call: Any) -> Any:
             return (yield)
 
@@ -103,7 +103,8 @@ def test_the_hookspec_order_is_stage_order(hook: str) -> None:
     assert match, f"{hook}'s doc does not state its order"
     names = documented(re.sub(r"\s+", " ", match.group(1)))
     stages = [DOC_STAGES[n] for n in names]
-    assert stages == sorted(stages), f"{hook}: documented {names}, Stage runs them {sorted(names, key=DOC_STAGES.get)}"
+    real = sorted(names, key=lambda n: DOC_STAGES[n])
+    assert stages == sorted(stages), f"{hook}: documented {names}, Stage runs them {real}"
 
 
 @pytest.mark.parametrize("hook", ["pre_call", "post_call"])
@@ -127,7 +128,8 @@ def test_the_real_plugin_chains_run_in_the_documented_order(make_host: Any) -> N
 
     # The rate limiter's post_call is a SETTLE observer (token correction), outside the
     # documented order of deciding plugins: left out of the post_call comparison.
-    plugin_stage = {"routing": "route", "policy": "policy", "ratelimit": ("rate limit", None),
+    plugin_stage: dict[str, str | tuple[str, str | None]] = {
+                    "routing": "route", "policy": "policy", "ratelimit": ("rate limit", None),
                     "guardrails": ("input guardrails", "output guardrails"),
                     "similarity": ("similarity", "similarity log"),
                     "cost": "cost", "langfuse": "telemetry"}

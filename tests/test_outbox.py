@@ -71,15 +71,15 @@ class TinyPlugin:
         self.batch_size = batch_size
 
     @hookimpl
-    def register_flags(self, register):  # type: ignore[no-untyped-def]
+    def register_flags(self, register):
         register("tiny_export", default=True, description="tiny exporter on")
 
     @hookimpl
-    def register_gate(self, register):  # type: ignore[no-untyped-def]
+    def register_gate(self, register):
         register("tiny_export")
 
     @hookimpl
-    def register_exporters(self, register):  # type: ignore[no-untyped-def]
+    def register_exporters(self, register):
         register("tiny", lambda host: self.exporter, event_types=self.event_types,
                  batch_size=self.batch_size)
 

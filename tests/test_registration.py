@@ -24,7 +24,7 @@ class Upper:
     def __init__(self) -> None:
         self.closed = False
 
-    async def complete(self, request, *, call):  # type: ignore[no-untyped-def]
+    async def complete(self, request, *, call):
         return Response(request.last_user_prompt.upper(), request.model, "upper", Usage(1, 1))
 
     async def aclose(self) -> None:
@@ -39,29 +39,29 @@ class Demo:
         self.provider = Upper()
 
     @hookimpl
-    def register_providers(self, register):  # type: ignore[no-untyped-def]
+    def register_providers(self, register):
         register("upper", lambda host: self.provider)
 
     @hookimpl
-    def register_migrations(self, register):  # type: ignore[no-untyped-def]
+    def register_migrations(self, register):
         register(DEMO_MIGRATIONS)
 
     @hookimpl
-    def register_commands(self, cli):  # type: ignore[no-untyped-def]
+    def register_commands(self, cli):
         @cli.command("demo-hello")
         def hello() -> None:
             click.echo("hello from demo")
 
     @hookimpl
-    def register_health_checks(self, register):  # type: ignore[no-untyped-def]
+    def register_health_checks(self, register):
         register("demo", lambda host: (True, "fine"))
 
     @hookimpl
-    async def startup(self, host):  # type: ignore[no-untyped-def]
+    async def startup(self, host):
         self.events.append("startup")
 
     @hookimpl
-    def shutdown(self, host):  # type: ignore[no-untyped-def]
+    def shutdown(self, host):
         self.events.append("shutdown")
 
 
@@ -90,12 +90,12 @@ def test_commands_are_added_to_the_cli() -> None:
 
 
 def test_duplicate_provider_is_refused(make_host):
-    def plugin(name):  # type: ignore[no-untyped-def]
+    def plugin(name):
         class Other:
             __name__ = name
 
             @hookimpl
-            def register_providers(self, register):  # type: ignore[no-untyped-def]
+            def register_providers(self, register):
                 register("mine", lambda host: None)
 
         return Other()
@@ -109,7 +109,7 @@ def test_a_plugin_may_replace_a_built_in_provider(make_host):
         __name__ = "mine"
 
         @hookimpl
-        def register_providers(self, register):  # type: ignore[no-untyped-def]
+        def register_providers(self, register):
             register("anthropic", lambda host: "my anthropic")
 
     host = make_host(Mine())
@@ -122,14 +122,14 @@ def test_conflicting_flag_defaults_are_refused(make_host):
         __name__ = "a"
 
         @hookimpl
-        def register_flags(self, register):  # type: ignore[no-untyped-def]
+        def register_flags(self, register):
             register("shared_flag", default=True)
 
     class B:
         __name__ = "b"
 
         @hookimpl
-        def register_flags(self, register):  # type: ignore[no-untyped-def]
+        def register_flags(self, register):
             register("shared_flag", default=False)
 
     with pytest.raises(RegistrationError, match="shared_flag"):
@@ -141,7 +141,7 @@ def test_gate_on_undeclared_flag_is_refused(make_host):
         __name__ = "gated"
 
         @hookimpl
-        def register_gate(self, register):  # type: ignore[no-untyped-def]
+        def register_gate(self, register):
             register("never_declared")
 
     with pytest.raises(RegistrationError, match="never_declared"):

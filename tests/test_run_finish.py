@@ -96,7 +96,7 @@ async def test_run_events_are_collected_in_o1(make_host: Any) -> None:
     spec = parse_agent("name: e\nmodel: echo/m\nsteps:\n  - name: a\n    prompt: x\n", "e.yaml")
     seen = Traces()
     async with make_host(seen) as host:
-        fake_runs = {f"other-{i}": [] for i in range(10_000)}
+        fake_runs: dict[str, list[Any]] = {f"other-{i}": [] for i in range(10_000)}
         host._run_events.update(fake_runs)
         await host.run(spec, workspace="w")
         assert all(not events for events in fake_runs.values())

@@ -56,7 +56,7 @@ def report_command(workspace: str | None, since: str | None, by: str, as_json: b
 
     since_at = parse_since(since)
     with _host() as host:
-        report = cost_report(host.engine, workspace=workspace, since=since_at, by=by)  # type: ignore[arg-type]
+        report = cost_report(host.engine, workspace=workspace, since=since_at, by=by)
     if as_json:
         _echo_json(report.to_dict())
     else:

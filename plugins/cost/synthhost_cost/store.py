@@ -83,8 +83,8 @@ def make_override(
         workspace=ws,
         provider=prov,
         model=name,
-        input_mtok=parse_price(input_mtok, "--input", required=True),  # type: ignore[arg-type]
-        output_mtok=parse_price(output_mtok, "--output", required=True),  # type: ignore[arg-type]
+        input_mtok=parse_price(input_mtok, "--input", required=True),
+        output_mtok=parse_price(output_mtok, "--output", required=True),
         cache_read_mtok=parse_price(cache_read_mtok, "--cache-read", required=False),
         cache_write_mtok=parse_price(cache_write_mtok, "--cache-write", required=False),
         currency=cur,

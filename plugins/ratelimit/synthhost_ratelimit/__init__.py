@@ -85,7 +85,7 @@ async def _health(host: Host) -> tuple[bool, str]:
     if limiter.guard is None:
         return True, "in process (no REDIS_URL): limits are per process"
     try:
-        ok = await limiter.limiter.ping()  # type: ignore[attr-defined]
+        ok = await limiter.limiter.ping()
     except Exception as exc:
         return False, f"Redis unreachable ({type(exc).__name__}); failing {limiter.config.fail.value}"
     return bool(ok), f"Redis, prefix {limiter.config.prefix!r}"

@@ -23,7 +23,7 @@ steps:
 """)
 
 
-async def until(predicate, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+async def until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -31,7 +31,7 @@ async def until(predicate, timeout: float = 30.0, what: str = "condition") -> No
         await anyio.sleep(0.02)
 
 
-def stats(host) -> dict:  # type: ignore[no-untyped-def]
+def stats(host) -> dict:
     return queue_stats(host.engine, ["rudderstack"])["rudderstack"]
 
 
@@ -55,7 +55,7 @@ async def test_receiver_down_then_up_every_event_arrives(make_host, receiver, ru
 async def test_503_for_a_while_is_retried_then_delivered(make_host, receiver, rudder_env):
     refusals = {"left": 4}
 
-    def answer(arrival) -> int:  # type: ignore[no-untyped-def]
+    def answer(arrival) -> int:
         if refusals["left"] > 0:
             refusals["left"] -= 1
             return 503
@@ -116,7 +116,7 @@ async def test_runs_succeed_without_waiting_while_the_receiver_is_down(make_host
         exporter = host._outbox.lanes["rudderstack"].exporter
         original = exporter.send
 
-        def spy(events):  # type: ignore[no-untyped-def]
+        def spy(events):
             sender_threads.add(threading.current_thread().name)
             return original(events)
 

@@ -17,7 +17,7 @@ from synthhost_rudderstack.exporter import Config
 pytestmark = pytest.mark.anyio
 
 
-async def until(predicate, timeout: float = 20.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+async def until(predicate, timeout: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -124,7 +124,7 @@ def test_configuration_defaults_and_validation(write_key):
 
 
 def test_settings_map_onto_the_outbox(write_key):
-    exporter = synthhost_rudderstack.RudderStackExporter(Config.from_env({  # type: ignore[arg-type]
+    exporter = synthhost_rudderstack.RudderStackExporter(Config.from_env({
         "RUDDERSTACK_WRITE_KEY": write_key, "RUDDERSTACK_DATA_PLANE_URL": "http://127.0.0.1:9/",
     }))
     assert exporter.batch_size == 20 and exporter.flush_interval_s == 10.0

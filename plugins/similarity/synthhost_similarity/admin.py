@@ -26,8 +26,8 @@ from synthhost_similarity.models import (
 from synthhost_similarity.service import storable
 from synthhost_similarity.store import text_hash
 
-REFS = PromptReference.__table__  # type: ignore[attr-defined]
-SETTINGS = SimilaritySettings.__table__  # type: ignore[attr-defined]
+REFS = PromptReference.__table__
+SETTINGS = SimilaritySettings.__table__
 
 
 @dataclass(frozen=True, slots=True)

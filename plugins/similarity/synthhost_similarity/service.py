@@ -59,8 +59,8 @@ from synthhost_similarity.store import Ref, ReferenceStore, WorkspaceLibrary, te
 if TYPE_CHECKING:
     from synthhost.host import Host
 
-LOGS = PromptSimilarityLog.__table__  # type: ignore[attr-defined]
-REFS = PromptReference.__table__  # type: ignore[attr-defined]
+LOGS = PromptSimilarityLog.__table__
+REFS = PromptReference.__table__
 
 log = logging.getLogger("synthhost.similarity")
 

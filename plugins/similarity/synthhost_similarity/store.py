@@ -45,8 +45,8 @@ from synthhost_similarity.models import (
 log = logging.getLogger("synthhost.similarity")
 
 LOAD_BATCH = 2_000
-REFS = PromptReference.__table__  # type: ignore[attr-defined]
-SETTINGS = SimilaritySettings.__table__  # type: ignore[attr-defined]
+REFS = PromptReference.__table__
+SETTINGS = SimilaritySettings.__table__
 
 
 def text_hash(text: str) -> str:

@@ -97,7 +97,7 @@ async def test_similarity_openai_embedder_async_and_dimensions(server: Server) -
     embedder = make_embedder({**server.env(), "SYNTHHOST_SIMILARITY_DIM": "64"})
     assert embedder.name == "openai:test-embed-1@64" and embedder.dim == 64
     vectors = await embedder.aembed(["hello there"])
-    await embedder.aclose()  # type: ignore[attr-defined]
+    await embedder.aclose()
     assert vectors.shape == (1, 64)
     assert server.requests[0]["body"]["dimensions"] == 64
 

@@ -20,8 +20,8 @@ from synthhost_similarity.service import FLAG_CHECK, FLAG_LOG
 
 pytestmark = pytest.mark.anyio
 
-LOGS = PromptSimilarityLog.__table__  # type: ignore[attr-defined]
-REFS = PromptReference.__table__  # type: ignore[attr-defined]
+LOGS = PromptSimilarityLog.__table__
+REFS = PromptReference.__table__
 EVENTS = EventLog.__table__  # type: ignore[attr-defined]
 SPANS = Span.__table__  # type: ignore[attr-defined]
 
@@ -295,9 +295,9 @@ async def test_similarity_removed_known_prompt_stops_matching_everywhere(
         library = service_for(two).store.library("w1")
         assert known_id not in library.ids
         # What this host added itself survives the rebuild, committed or not.
-        texts = {ref.preview for ref in library.index.items()}  # type: ignore[union-attr]
+        texts = {ref.preview for ref in library.index.items()}
         assert {known_text.replace("3pm", "4pm"), OTHER, PROMPT} <= texts
-        assert all(ref.kind == "prompt" for ref in library.index.items())  # type: ignore[union-attr]
+        assert all(ref.kind == "prompt" for ref in library.index.items())
 
 
 async def test_similarity_openai_embedder_errors_fail_open(make_host: MakeHost) -> None:
