@@ -8,11 +8,10 @@ completion *including* reasoning tokens.
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from os import urandom
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 if TYPE_CHECKING:
@@ -21,24 +20,14 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class _Ids:
-    """32-hex ids: 16 random hex per process (re-drawn after fork) + a 16-hex counter.
-    About ten times cheaper than ``uuid4().hex`` and unique across processes."""
+def new_id() -> str:
+    """A 32-hex id of 128 random bits (usable as an OpenTelemetry trace id).
 
-    def __init__(self) -> None:
-        self.reset()
-        os.register_at_fork(after_in_child=self.reset)
-
-    def reset(self) -> None:
-        self.prefix = os.urandom(8).hex()
-        self.counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
-
-    def __call__(self) -> str:
-        return f"{self.prefix}{next(self.counter):016x}"
-
-
-new_id = _Ids()
-new_id.__doc__ = "A 32-hex id, usable as an OpenTelemetry trace id."
+    Unguessable: ids reach HTTP APIs and exports, so none may be derived from another
+    (the former per-process prefix + counter made a trace id "the run id plus one").
+    One ``os.urandom`` call: no state, safe across threads and forks, and as cheap as the
+    counter was (``benchmarks/ids.py``)."""
+    return urandom(16).hex()
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ from synthhost.errors import UsageError
 from synthhost.refresh import PolledSnapshot
 from synthhost.registry import FlagSpec
 from synthhost.storage.models import FeatureFlag, FlagEpoch, utcnow
+from synthhost.workspace import validate_workspace
 
 GLOBAL = "*"
 
@@ -39,6 +40,14 @@ class FlagState:
     default: bool
     plugin: str
     description: str
+
+
+def _scope(workspace: str | None) -> str:
+    """``None`` (or :data:`GLOBAL`) is the global row; anything else must be a valid
+    workspace name (``''`` no longer means global)."""
+    if workspace is None or workspace == GLOBAL:
+        return GLOBAL
+    return validate_workspace(workspace)
 
 
 def suggest(name: str, known: list[str]) -> str:
@@ -98,7 +107,7 @@ class FlagStore(PolledSnapshot):
 
     def set(self, name: str, enabled: bool, *, workspace: str | None = None, actor: str | None = None) -> None:
         self.check_name(name)
-        ws = workspace or GLOBAL
+        ws = _scope(workspace)
         now = utcnow()
         with self.engine.begin() as conn:
             updated = conn.execute(
@@ -121,7 +130,7 @@ class FlagStore(PolledSnapshot):
         with self.engine.begin() as conn:
             removed = conn.execute(
                 FLAGS.delete().where(
-                    FLAGS.c.workspace_id == (workspace or GLOBAL), FLAGS.c.flag_name == name
+                    FLAGS.c.workspace_id == _scope(workspace), FLAGS.c.flag_name == name
                 )
             ).rowcount
             self._bump(conn)

@@ -32,6 +32,7 @@ from synthhost.storage.models import EventLog, utcnow
 from synthhost.storage.writer import BatchedWriter
 from synthhost.trace import EventRecord
 from synthhost.traces import redact, secret_values
+from synthhost.workspace import validate_workspace
 
 if TYPE_CHECKING:
     from synthhost.agent import AgentSpec
@@ -114,6 +115,7 @@ class Host:
         # Events of runs in progress, by run id: emit() appends in O(1), whatever the
         # number of concurrent runs (no per-event scan of listeners).
         self._run_events: dict[str, list[EventRecord]] = {}
+        self._valid_workspaces: set[str] = set()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> Host:
@@ -308,6 +310,15 @@ class Host:
         finally:
             self._run_events.pop(run.run_id, None)
 
+    def _check_workspace(self, workspace: str) -> None:
+        """Refuse a name that is not a workspace (``'*'``, ``''``, control characters...):
+        a call must never write the global scope's rows. Valid names are remembered (a
+        set look-up on the hot path), at most 10,000."""
+        validate_workspace(workspace)
+        if len(self._valid_workspaces) >= 10_000:
+            self._valid_workspaces.clear()
+        self._valid_workspaces.add(workspace)
+
     async def wait_for_rows(self) -> None:
         """Wait until the database has taken every row queued so far, at most
         ``SYNTHHOST_RUN_FLUSH_TIMEOUT_S``; then :class:`StorageUnavailable` (the rows
@@ -361,6 +372,8 @@ class Host:
         :class:`synthhost.ProviderError` on failure."""
         from synthhost.runner import complete_standalone
 
+        if workspace not in self._valid_workspaces:
+            self._check_workspace(workspace)
         await self.start()
         return await complete_standalone(
             self, model=model, messages=messages, workspace=workspace, params=params, user=user,
@@ -382,6 +395,7 @@ class Host:
         ends (1-based index), for live progress."""
         from synthhost.runner import run_agent
 
+        self._check_workspace(workspace or spec.workspace)
         await self.start()
         return await run_agent(self, spec, inputs=inputs or {}, workspace=workspace, user=user, org=org,
                                on_step=on_step)

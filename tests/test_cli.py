@@ -34,13 +34,13 @@ def test_flags_set_list_unset(invoke):
 
 
 def test_unknown_flag_exits_2_with_a_suggestion(invoke):
-    result = invoke("flags", "set", "track_model_cost", "on")
+    result = invoke("flags", "set", "track_model_cost", "on", "--global")
     assert result.exit_code == 2
     assert result.output == "Error: unknown flag 'track_model_cost' (did you mean 'track_model_costs'?)\n"
 
 
 def test_bad_flag_value_exits_2(invoke):
-    result = invoke("flags", "set", "track_model_costs", "maybe")
+    result = invoke("flags", "set", "track_model_costs", "maybe", "--global")
     assert result.exit_code == 2 and "not on/off" in result.output
 
 

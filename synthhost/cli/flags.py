@@ -9,6 +9,7 @@ import os
 import click
 
 from synthhost.cli.context import cli_host
+from synthhost.cli.types import WORKSPACE, scope_of
 from synthhost.errors import UsageError
 
 
@@ -18,7 +19,7 @@ def flags() -> None:
 
 
 @flags.command("list")
-@click.option("--workspace", "-w", help="Show values as resolved for this workspace.")
+@click.option("--workspace", "-w", type=WORKSPACE, help="Show values as resolved for this workspace.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_flags(workspace: str | None, as_json: bool) -> None:
     """List every declared flag with its effective value and where it comes from."""
@@ -45,10 +46,12 @@ def _parse_bool(value: str) -> bool:
 @flags.command("set")
 @click.argument("name")
 @click.argument("value", default="on")
-@click.option("--workspace", "-w", help="Set for one workspace (default: the global row).")
-def set_flag(name: str, value: str, workspace: str | None) -> None:
-    """Set NAME to VALUE (on/off, default on)."""
+@click.option("--workspace", "-w", type=WORKSPACE, help="Set for one workspace.")
+@click.option("--global", "is_global", is_flag=True, help="Set the global row (every workspace without its own).")
+def set_flag(name: str, value: str, workspace: str | None, is_global: bool) -> None:
+    """Set NAME to VALUE (on/off, default on) for --workspace W or --global."""
     enabled = _parse_bool(value)
+    workspace = scope_of(workspace, is_global)
     with cli_host() as host:
         host.flags.set(name, enabled, workspace=workspace, actor=os.environ.get("USER"))
     scope = f"workspace {workspace}" if workspace else "global"
@@ -57,9 +60,11 @@ def set_flag(name: str, value: str, workspace: str | None) -> None:
 
 @flags.command("unset")
 @click.argument("name")
-@click.option("--workspace", "-w", help="Remove the workspace row (default: the global row).")
-def unset_flag(name: str, workspace: str | None) -> None:
+@click.option("--workspace", "-w", type=WORKSPACE, help="Remove the workspace's row.")
+@click.option("--global", "is_global", is_flag=True, help="Remove the global row.")
+def unset_flag(name: str, workspace: str | None, is_global: bool) -> None:
     """Remove a row, so the next level (global, then default) applies."""
+    workspace = scope_of(workspace, is_global)
     with cli_host() as host:
         removed = host.flags.unset(name, workspace=workspace)
     click.echo(f"{name}: {'removed' if removed else 'was not set'} ({workspace or 'global'})")

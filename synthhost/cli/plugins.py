@@ -9,11 +9,12 @@ from typing import Any
 import click
 
 from synthhost.cli.context import cli_host
+from synthhost.cli.types import WORKSPACE
 from synthhost.hookspecs import spec_names
 
 
 @click.command("plugins")
-@click.option("--workspace", "-w", help="Also say whether each plugin is active there.")
+@click.option("--workspace", "-w", type=WORKSPACE, help="Also say whether each plugin is active there.")
 @click.option("--hook", help="Only plugins implementing this hook.")
 @click.option("--json", "as_json", is_flag=True)
 def plugins_command(workspace: str | None, hook: str | None, as_json: bool) -> None:

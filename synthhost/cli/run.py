@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from synthhost.cli.types import WORKSPACE
 from synthhost.errors import SynthhostError, UsageError
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ async def execute(
 
 @click.command("run")
 @click.argument("agent_file", metavar="AGENT.yaml", type=click.Path(dir_okay=False))
-@click.option("-w", "--workspace", default=None, help="Workspace to run in (default: the agent's).")
+@click.option("-w", "--workspace", type=WORKSPACE, default=None, help="Workspace to run in (default: the agent's).")
 @click.option(
     "-i",
     "--input",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from synthhost.cli import Group
+from synthhost.cli.types import WORKSPACE
 from synthhost.default_plugins.scheduler import FLAG
 from synthhost.errors import SynthhostError, UsageError
 
@@ -60,7 +61,8 @@ def schedule_command() -> None:
 
 @schedule_command.command("run")
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...", type=click.Path(exists=True))
-@click.option("-w", "--workspace", default=None, help="Run every agent in this workspace (default: each agent's).")
+@click.option("-w", "--workspace", type=WORKSPACE, default=None,
+              help="Run every agent in this workspace (default: each agent's).")
 @click.option("--once", is_flag=True, help="Run the jobs due now, then exit (for system cron and CI).")
 @click.option("--max-runs", type=click.IntRange(min=1), metavar="N", help="Stop after starting N runs.")
 @click.option("--until", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
@@ -135,7 +137,7 @@ def _state_text(state: JobState) -> str:
 
 
 @schedule_command.command("status")
-@click.option("-w", "--workspace", default=None, help="Only this workspace.")
+@click.option("-w", "--workspace", type=WORKSPACE, default=None, help="Only this workspace.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(workspace: str | None, as_json: bool) -> None:
     """Every scheduled agent: next run, failures, disabled, last run and error."""
@@ -193,7 +195,7 @@ def _set_enabled(agent: str, workspace: str | None, enabled: bool) -> None:
 
 @schedule_command.command("enable")
 @click.argument("agent")
-@click.option("-w", "--workspace", default=None, help="The agent's workspace (needed when in several).")
+@click.option("-w", "--workspace", type=WORKSPACE, default=None, help="The agent's workspace (needed when in several).")
 def enable(agent: str, workspace: str | None) -> None:
     """Re-enable AGENT: clears its failures, backoff and disabled state."""
     _set_enabled(agent, workspace, True)
@@ -201,7 +203,7 @@ def enable(agent: str, workspace: str | None) -> None:
 
 @schedule_command.command("disable")
 @click.argument("agent")
-@click.option("-w", "--workspace", default=None, help="The agent's workspace (needed when in several).")
+@click.option("-w", "--workspace", type=WORKSPACE, default=None, help="The agent's workspace (needed when in several).")
 def disable(agent: str, workspace: str | None) -> None:
     """Disable AGENT until `synthhost schedule enable`."""
     _set_enabled(agent, workspace, False)

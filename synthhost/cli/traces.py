@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 import click
 
 from synthhost.cli.context import cli_host
+from synthhost.cli.types import WORKSPACE
 from synthhost.errors import UsageError
 
-workspace_option = click.option("--workspace", "-w", default="default", show_default=True,
+workspace_option = click.option("--workspace", "-w", type=WORKSPACE, default="default", show_default=True,
                                 help="The workspace whose traces to read.")
 
 
@@ -101,15 +102,24 @@ def show(run_id: str, workspace: str) -> None:
 @click.option("--save", is_flag=True, help="Write to trace-<run id>-<YYYY-MM-DD>.json here.")
 def export(run_id: str, workspace: str, fmt: str, output: str | None, save: bool) -> None:
     """Export one run (spans, events) as JSON, secrets redacted."""
+    if save and output is not None:
+        raise UsageError("--save and --output: choose one (--save picks the file name, --output names it)")
+    if output == "":
+        raise UsageError("--output: an empty file name ('-' means standard output)")
     data = _load(workspace, run_id)
     text = json.dumps(data, indent=2)
-    if save and output is None:
+    if save:
         output = default_export_name(str(data["run"]["run_id"]))  # type: ignore[index]
     if output is None or output == "-":
         click.echo(text)
         return
-    with open(output, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
+    try:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    except OSError as exc:
+        from synthhost.cli import HostError
+
+        raise HostError(f"--output: cannot write {output}: {exc.strerror or exc}") from None
     click.echo(f"wrote {output}", err=True)
 
 

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import click
 
+from synthhost.cli.types import WORKSPACE
 from synthhost.errors import SynthhostError
 
 
 @click.command("worker")
 @click.option("--schedule", "schedule_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
               metavar="PATH", help="Also run the scheduled agents in PATH (file or directory; repeatable).")
-@click.option("-w", "--workspace", default=None, help="Run scheduled agents in this workspace.")
+@click.option("-w", "--workspace", type=WORKSPACE, default=None, help="Run scheduled agents in this workspace.")
 @click.option("--until", type=click.FloatRange(min=0, min_open=True, max=10 * 365 * 86400), metavar="SECONDS",
               help="Stop after SECONDS (default: run until SIGTERM or Ctrl-C).")
 def worker_command(schedule_paths: tuple[Path, ...], workspace: str | None, until: float | None) -> None:
