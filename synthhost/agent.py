@@ -32,8 +32,12 @@ message ``FILE:LINE: FIELD.PATH: what is wrong``.
 
 from __future__ import annotations
 
+import contextvars
 import difflib
+import os
 import re
+import stat
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -98,17 +102,118 @@ class TemplateRenderError(SynthhostError):
     code = ErrorCode.TEMPLATE_ERROR
 
 
+# -- limits on what one agent file may ask of the host (documented in the README) ---------
+
+MAX_FILE_BYTES = 1 << 20  # an agent file is read up to 1 MiB, and refused beyond
+MAX_YAML_ALIASES = 100  # anchors may be reused, but not into an alias bomb
+MAX_YAML_DEPTH = 64  # nested collections
+MAX_RENDER_CHARS = 1 << 20  # one rendered template (system or prompt)
+MAX_RENDER_S = 2.0  # one template's render time
+MAX_TEMPLATE_ITERATIONS = 1_000_000  # loop iterations in one render, all loops together
+MAX_RETRY_DELAY_S = 3600.0
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses alias bombs and absurd nesting before building anything."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                mark = self.peek_event().start_mark
+                raise yaml.MarkedYAMLError(problem=f"more than {MAX_YAML_ALIASES} aliases (*ref): refused",
+                                           problem_mark=mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.MarkedYAMLError(problem=f"nested deeper than {MAX_YAML_DEPTH} levels: refused",
+                                           problem_mark=mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class TemplateBudgetExceeded(jinja2.TemplateError):
+    pass
+
+
+_budget: contextvars.ContextVar[list[float]] = contextvars.ContextVar("synthhost_template_budget")
+
+
+def _charge(n: int = 1) -> None:
+    budget = _budget.get(None)
+    if budget is None:
+        return
+    budget[0] -= n
+    if budget[0] < 0:
+        raise TemplateBudgetExceeded(f"more than {MAX_TEMPLATE_ITERATIONS:,} loop iterations")
+    if time.monotonic() > budget[1]:
+        raise TemplateBudgetExceeded(f"rendering took longer than {MAX_RENDER_S:g}s")
+
+
+class _BudgetedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, plus a budget: ``*`` and ``**`` may not build huge values, every loop
+    iteration (``range`` and ``for``) is charged, and render stops past the output
+    size or time limit (see :func:`render_limited`)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(times, int):
+                    size = len(seq) * times
+                    if size > MAX_RENDER_CHARS:
+                        raise TemplateBudgetExceeded(f"'*' would build {size:,} items (limit {MAX_RENDER_CHARS:,})")
+        if operator == "**" and isinstance(right, int | float) and abs(right) > 1000:
+            raise TemplateBudgetExceeded("'**' with an exponent over 1000")
+        return super().call_binop(context, operator, left, right)
+
+
+
+def _budget_range(*args: int) -> Any:
+    for value in range(*args):
+        _charge()
+        yield value
+
+
 # One sandboxed environment for every agent: templates cannot reach Python internals or
 # mutate their variables, and a missing variable is an error, never an empty string.
 # trim_blocks/lstrip_blocks: a line holding only "{% if %}" leaves no blank line in the
 # prompt (as in Hugging Face chat templates).
-_ENV = ImmutableSandboxedEnvironment(
+_ENV = _BudgetedEnvironment(
     undefined=jinja2.StrictUndefined,
     autoescape=False,
     keep_trailing_newline=False,
     trim_blocks=True,
     lstrip_blocks=True,
 )
+_ENV.globals["range"] = _budget_range
+
+
+def render_limited(template: jinja2.Template, variables: Mapping[str, Any]) -> str:
+    """Render within the budget: at most ``MAX_RENDER_CHARS`` of output, ``MAX_RENDER_S``
+    seconds and ``MAX_TEMPLATE_ITERATIONS`` loop iterations; beyond, a
+    :class:`TemplateBudgetExceeded` (a ``TEMPLATE_ERROR``), never a hang."""
+    token = _budget.set([float(MAX_TEMPLATE_ITERATIONS), time.monotonic() + MAX_RENDER_S])
+    try:
+        parts: list[str] = []
+        size = 0
+        for chunk in template.generate(variables):
+            size += len(chunk)
+            if size > MAX_RENDER_CHARS:
+                raise TemplateBudgetExceeded(f"output longer than {MAX_RENDER_CHARS:,} characters")
+            _charge(0)
+            parts.append(chunk)
+        return "".join(parts)
+    finally:
+        _budget.reset(token)
 
 
 def split_model(ref: str) -> tuple[str, str]:
@@ -173,8 +278,8 @@ class InputSpec(_Model):
 
 class RetryPolicy(_Model):
     max_attempts: int = Field(default=3, ge=1, le=10)
-    initial_delay_s: float = Field(default=1.0, ge=0)
-    max_delay_s: float = Field(default=30.0, ge=0)
+    initial_delay_s: float = Field(default=1.0, ge=0, le=MAX_RETRY_DELAY_S, allow_inf_nan=False)
+    max_delay_s: float = Field(default=30.0, ge=0, le=MAX_RETRY_DELAY_S, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _ordered(self) -> RetryPolicy:
@@ -529,7 +634,9 @@ def _check_template(
 
 def parse_agent(text: str, source: str = "<string>") -> AgentSpec:
     """Parse and validate an agent from YAML text. Raises :class:`UsageError`."""
-    loader = yaml.SafeLoader(text)
+    if len(text) > MAX_FILE_BYTES:
+        raise UsageError(f"{source}: larger than {MAX_FILE_BYTES // 1024} KiB (an agent file's limit)")
+    loader = _LimitedLoader(text)
     try:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
@@ -578,7 +685,16 @@ def load_agent(path: str | Path) -> AgentSpec:
     """Load and validate an agent file. Raises :class:`UsageError`."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError(f"{source}: not a regular file (a device or pipe cannot be an agent file)")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise UsageError(f"{source}: larger than {MAX_FILE_BYTES // 1024} KiB (an agent file's limit)")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise UsageError(f"{source}: no such file") from None
     except IsADirectoryError:
@@ -663,8 +779,8 @@ def render_step(step: Step, variables: Mapping[str, Any]) -> tuple[str | None, s
     ``TEMPLATE_ERROR``) when a template fails at run time."""
     system_t, prompt_t = step.templates()
     try:
-        system = system_t.render(variables) if system_t is not None else None
-        prompt = prompt_t.render(variables)
+        system = render_limited(system_t, variables) if system_t is not None else None
+        prompt = render_limited(prompt_t, variables)
     except jinja2.TemplateError as exc:
         raise TemplateRenderError(f"step {step.name!r}: {type(exc).__name__}: {_one_line(str(exc))}") from None
     return system, prompt

@@ -186,7 +186,7 @@ def test_usage_error_from_the_host_exits_2(fake: FakeHost) -> None:
             ["--input", "nmae=Ada"],
             "unknown input 'nmae' for agent 'hello', did you mean 'name'? (known: name)",
         ),
-        (["--workspace", " "], "Error: --workspace: must not be empty"),
+        (["--workspace", " "], "Error: --workspace: invalid workspace name ' '"),
     ],
 )
 def test_bad_input_exits_2(fake: FakeHost, args: list[str], expected: str) -> None:

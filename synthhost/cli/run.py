@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from synthhost.cli.types import WORKSPACE
 from synthhost.errors import SynthhostError, UsageError
+from synthhost.workspace import validate_workspace
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -96,7 +96,7 @@ async def execute(
 
 @click.command("run")
 @click.argument("agent_file", metavar="AGENT.yaml", type=click.Path(dir_okay=False))
-@click.option("-w", "--workspace", type=WORKSPACE, default=None, help="Workspace to run in (default: the agent's).")
+@click.option("-w", "--workspace", default=None, help="Workspace to run in (default: the agent's).")
 @click.option(
     "-i",
     "--input",
@@ -131,8 +131,8 @@ def run_command(
     try:
         spec = load_agent(agent_file)
         inputs = resolve_inputs(spec, parse_inputs(input_pairs))
-        if workspace is not None and not workspace.strip():
-            raise UsageError("--workspace: must not be empty")
+        if workspace is not None:
+            validate_workspace(workspace, what="--workspace")
     except UsageError as exc:
         _fail_usage(exc)
 
