@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from synthhost_policy._cel import cel
 
@@ -285,6 +286,8 @@ def compile_condition(source: str) -> Condition:
         if _IDENT_RE.match(fn) and fn not in KNOWN_FUNCTIONS:
             raise ExprError(f"unknown function {fn!r}")
 
+    _check_regex_literals(source, tokens)
+
     flat = source
     for start, end, replacement in sorted(edits, reverse=True):
         flat = flat[:start] + replacement + flat[end:]
@@ -293,4 +296,71 @@ def compile_condition(source: str) -> Condition:
     except Exception:  # pragma: no cover - a flattening bug must not lose the rule
         program, flat = original, source
         uses = {u.split(".", 1)[0] for u in uses}
-    return Condition(source, program, frozenset(uses), flat)
+    condition = Condition(source, program, frozenset(uses), flat)
+    _check_type(condition)
+    return condition
+
+
+# Typical values of every field (the declared schema: model a string, prompt_tokens an
+# int, estimated_cost a double...). A condition is run on them once when it is applied:
+# one that is not boolean, or mixes types, would fail on every call.
+SAMPLE: dict[str, dict[str, Any]] = {
+    "request": {"model": "gpt-4o-mini", "provider": "openai", "params": {}, "prompt": "hello",
+                "prompt_tokens": 10, "estimated_cost": 0.001, "cost_known": True, "region": "us-east-1",
+                "metadata": {}, "messages": [{"role": "user", "content": "hello"}]},
+    "workspace": {"id": "w"}, "agent": {"name": "a"}, "user": {"id": "u"}, "org": {"id": "o"},
+}
+
+
+def _sample_context() -> Any:
+    values: dict[str, Any] = {"metadata": {}}
+    for root, fields in SAMPLE.items():
+        values[root] = dict(fields)
+        for name, value in fields.items():
+            values[flat_name(root, name)] = value
+    ctx = cel.Context()
+    ctx.update(values)
+    return ctx
+
+
+def _check_type(condition: Condition) -> None:
+    try:
+        result = condition.program.execute(_sample_context())
+    except KeyError:
+        return  # reads an absent key (metadata.tier): "does not hold", a valid condition
+    except Exception as exc:
+        message = str(exc).split(". ", 1)[0].splitlines()[0]
+        raise ExprError(f"fails on every call with the declared field types: {message}", 1, 1) from None
+    if not isinstance(result, bool):
+        raise ExprError(f"a condition must be boolean, this one gives {type(result).__name__} "
+                        f"(compare it: `... == \"x\"`)", 1, 1)
+
+
+def _check_regex_literals(source: str, tokens: list[Token]) -> None:
+    """``matches("...")`` with a literal pattern: compile it now (the interpreter's Rust
+    ``regex`` and RE2 share the syntax), so a typo is an apply-time error with its
+    position, not a failure of every call."""
+    import ast
+
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False
+    for i, tok in enumerate(tokens):
+        if tok.text != "matches" or i + 2 >= len(tokens) or tokens[i + 1].text != "(":
+            continue
+        arg = tokens[i + 2]
+        if arg.kind != "str" or i + 3 >= len(tokens) or tokens[i + 3].text not in (")", ","):
+            continue
+        try:
+            pattern = ast.literal_eval(arg.text)
+        except (ValueError, SyntaxError):
+            continue
+        if not isinstance(pattern, str):
+            continue
+        try:
+            re2.compile(pattern, options)
+        except re2.error as exc:
+            reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+            line, col = position(source, arg.start)
+            raise ExprError(f"invalid regular expression in matches(): {reason}", line, col) from None

@@ -191,23 +191,36 @@ def test_a_missing_key_means_the_condition_does_not_hold() -> None:
     assert evaluate(plan((p, "w1")), subject(request_metadata={"tier": "free"})).blocked
 
 
+@pytest.mark.parametrize(("when", "needle", "col"), [
+    ("request.model > 3", "fails on every call with the declared field types: No such overload", 1),
+    ("request.model", "a condition must be boolean, this one gives str", 1),
+    ('request.prompt.matches("[")', "invalid regular expression in matches(): missing ]", 24),
+    ("request.prompt_tokens + 0.5 > 1", "No such overload", 1),
+])
+def test_conditions_that_cannot_work_are_refused_when_applied(when: str, needle: str, col: int) -> None:
+    from synthhost_policy.expr import ExprError, compile_condition
+
+    with pytest.raises(ExprError) as info:
+        compile_condition(when)
+    assert needle in str(info.value) and info.value.col == col and info.value.line == 1
+
+
 def test_an_evaluation_error_is_a_decision_and_a_broken_block_rule_fails_closed() -> None:
+    """What only the call's data can break (a metadata value, a pattern from metadata)
+    still fails closed at run time."""
     p = policy(
         "s",
         [
-            rule("bad-warn", "request.model > 3", {"type": "warn"}, priority=3),
-            rule("not-bool", "request.model", {"type": "log"}, priority=2),
-            rule("bad-block", 'request.prompt.matches("[")', BLOCK, priority=1),
+            rule("bad-warn", "int(request.metadata.n) > 3", {"type": "warn"}, priority=2),
+            rule("bad-block", "request.prompt.matches(request.metadata.pattern)", BLOCK, priority=1),
         ],
     )
-    outcome = evaluate(plan((p, "w1")), subject())
+    outcome = evaluate(plan((p, "w1")), subject(request_metadata={"n": "abc", "pattern": "["}))
     assert [(d.rule, d.action) for d in outcome.decisions] == [
         ("bad-warn", "error"),
-        ("not-bool", "error"),
         ("bad-block", "error"),
         ("bad-block", "block"),
     ]
-    assert outcome.decisions[1].error == "condition returned str, not bool"
     assert outcome.blocked and outcome.blocked.message
     assert outcome.blocked.message.startswith("policy rule s/bad-block failed: ")
     assert outcome.blocked.error and "regex" in outcome.blocked.error
