@@ -23,6 +23,11 @@ class BadInput(HostError):
     exit_code = 2
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
 class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         from synthhost.cli.context import Interrupted
@@ -42,7 +47,16 @@ class Group(click.Group):
             sa_exc = sys.modules.get("sqlalchemy.exc")
             if sa_exc is not None and isinstance(exc, sa_exc.OperationalError):
                 raise HostError(f"database error: {str(exc.orig).strip().splitlines()[0]}") from None
-            raise
+            if isinstance(exc, click.exceptions.Exit | click.ClickException | click.Abort):
+                raise
+            if isinstance(exc, OverflowError):
+                raise BadInput(f"a number is out of range: {_first_line(exc)}") from None
+            if isinstance(exc, OSError):
+                raise HostError(f"{getattr(exc, 'filename', None) or 'I/O'}: {exc.strerror or exc}") from None
+            # Never a traceback: one line, exit 1; -vv logs the traceback for a bug report.
+            logging.getLogger("synthhost.cli").debug("unexpected error", exc_info=True)
+            raise HostError(f"unexpected error ({type(exc).__name__}): {_first_line(exc)}; "
+                            "run with -vv for details") from None
 
 
 @click.group(cls=Group)

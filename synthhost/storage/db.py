@@ -36,7 +36,26 @@ def json_dumps(value: Any) -> str:
     return json.dumps(value, default=_json_default, separators=(",", ":"))
 
 
+SUPPORTED = ("sqlite", "postgresql")
+
+
+def check_url(url: str) -> None:
+    """A :class:`UsageError` (naming ``DATABASE_URL``, never echoing a password) unless
+    ``url`` is a SQLite or PostgreSQL URL."""
+    from synthhost.errors import UsageError
+
+    hint = "expected sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB"
+    try:
+        parsed = sa.engine.make_url(url)
+        parsed.port  # noqa: B018  # parses the port: a broken one raises here
+    except (sa.exc.ArgumentError, ValueError, TypeError):
+        raise UsageError(f"DATABASE_URL: not a database URL ({hint})") from None
+    if parsed.get_backend_name() not in SUPPORTED:
+        raise UsageError(f"DATABASE_URL: {parsed.get_backend_name()!r} databases are not supported ({hint})")
+
+
 def create_engine(url: str) -> sa.Engine:
+    check_url(url)
     if is_sqlite(url):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":

@@ -140,11 +140,14 @@ def load_text(text: str) -> GuardSetSpec:
 
 
 def load_file(path: str | Path) -> GuardSetSpec:
+    from synthhost.errors import UsageError
+    from synthhost.limits import read_text_file
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise GuardSetError(f"{path}: {exc.strerror or exc}") from None
+        text = read_text_file(path, what="guard set")
+    except UsageError as exc:
+        raise GuardSetError(exc.message) from None
     try:
         return load_text(text)
     except GuardSetError as exc:

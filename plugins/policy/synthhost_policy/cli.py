@@ -284,10 +284,12 @@ def _load_context(value: str) -> ContextInput:
     text = value
     if not value.lstrip().startswith("{"):
         path = Path(value[1:] if value.startswith("@") else value)
+        from synthhost.limits import read_text_file
+
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--context: not JSON and not a readable file: {exc.strerror or exc}") from None
+            text = read_text_file(path, what="context file")
+        except UsageError as exc:
+            raise UsageError(f"--context: not JSON and not a readable file: {exc.message}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -11,6 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from synthhost.errors import UsageError
+from synthhost.limits import read_text_file
 from synthhost_policy.expr import ExprError, compile_condition
 
 GLOBAL = "*"
@@ -229,9 +231,9 @@ def load_policy_file(path: str | Path) -> tuple[PolicySet, str]:
     """Read and validate a file; returns the set and the file's text."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyFileError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+        text = read_text_file(p, what="policy file")
+    except UsageError as exc:
+        raise PolicyFileError([exc.message]) from None
     return parse_policy(text, str(p)), text
 
 

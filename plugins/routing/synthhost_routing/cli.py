@@ -229,12 +229,11 @@ def apply_command(file: Path, workspace: str | None, global_: bool, actor: str |
     """Replace the workspace's configuration with FILE (YAML; may name its workspace)."""
     import yaml
 
+    from synthhost.limits import read_text_file
     from synthhost_routing import _target, set_config
 
     try:
-        document = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"{file}: cannot read: {exc.strerror or exc}") from None
+        document = yaml.safe_load(read_text_file(file, what="routing config"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
