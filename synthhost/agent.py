@@ -58,6 +58,7 @@ from pydantic import (
 )
 
 from synthhost.errors import ErrorCode, SynthhostError, UsageError
+from synthhost.limits import LimitedLoader
 
 __all__ = [
     "BUILTIN_VARIABLES",
@@ -105,38 +106,10 @@ class TemplateRenderError(SynthhostError):
 # -- limits on what one agent file may ask of the host (documented in the README) ---------
 
 MAX_FILE_BYTES = 1 << 20  # an agent file is read up to 1 MiB, and refused beyond
-MAX_YAML_ALIASES = 100  # anchors may be reused, but not into an alias bomb
-MAX_YAML_DEPTH = 64  # nested collections
 MAX_RENDER_CHARS = 1 << 20  # one rendered template (system or prompt)
 MAX_RENDER_S = 2.0  # one template's render time
 MAX_TEMPLATE_ITERATIONS = 1_000_000  # loop iterations in one render, all loops together
 MAX_RETRY_DELAY_S = 3600.0
-
-
-class _LimitedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses alias bombs and absurd nesting before building anything."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._aliases = 0
-        self._depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            self._aliases += 1
-            if self._aliases > MAX_YAML_ALIASES:
-                mark = self.peek_event().start_mark
-                raise yaml.MarkedYAMLError(problem=f"more than {MAX_YAML_ALIASES} aliases (*ref): refused",
-                                           problem_mark=mark)
-        self._depth += 1
-        try:
-            if self._depth > MAX_YAML_DEPTH:
-                mark = self.peek_event().start_mark
-                raise yaml.MarkedYAMLError(problem=f"nested deeper than {MAX_YAML_DEPTH} levels: refused",
-                                           problem_mark=mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
 
 
 class TemplateBudgetExceeded(jinja2.TemplateError):
@@ -636,7 +609,7 @@ def parse_agent(text: str, source: str = "<string>") -> AgentSpec:
     """Parse and validate an agent from YAML text. Raises :class:`UsageError`."""
     if len(text) > MAX_FILE_BYTES:
         raise UsageError(f"{source}: larger than {MAX_FILE_BYTES // 1024} KiB (an agent file's limit)")
-    loader = _LimitedLoader(text)
+    loader = LimitedLoader(text)
     try:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None

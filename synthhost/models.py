@@ -154,6 +154,8 @@ class ModelList:
     def load(cls, path: Path) -> ModelList:
         import yaml
 
+        from synthhost.limits import safe_load
+
         try:
             with open(path, "rb") as fh:
                 raw = fh.read(MAX_CONFIG_BYTES + 1)
@@ -162,7 +164,7 @@ class ModelList:
         if len(raw) > MAX_CONFIG_BYTES:
             raise UsageError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
         try:
-            data = yaml.safe_load(raw.decode("utf-8")) or {}
+            data = safe_load(raw.decode("utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f":{mark.line + 1}" if mark is not None else ""

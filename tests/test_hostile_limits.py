@@ -82,3 +82,35 @@ def test_retry_delays_are_bounded(field: str, value: str) -> None:
 def test_a_normal_agent_is_unaffected(tmp_path: Any) -> None:
     spec = parse_agent(agent_text("{% for i in range(3) %}{{ i }}{% endfor %} {{ 'ab' * 3 }}"), "ok.yaml")
     assert render_step(spec.steps[0], {}) == (None, "012 ababab")
+
+
+@pytest.mark.parametrize("loader", ["policy", "guardrails", "routing", "models"])
+def test_every_user_yaml_refuses_alias_bombs(loader: str, tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    with pytest.raises(Exception) as info:
+        if loader == "policy":
+            from synthhost_policy.document import load_policy_file
+
+            load_policy_file(path)
+        elif loader == "guardrails":
+            from synthhost_guardrails.guardset import load_file
+
+            load_file(path)
+        elif loader == "routing":
+            from synthhost.limits import safe_load
+
+            safe_load(path.read_text())
+        else:
+            from synthhost.models import ModelList
+
+            ModelList.load(path)
+    assert "more than 100 aliases" in str(info.value)
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/full"])
+def test_user_files_that_are_devices_are_refused(device: str) -> None:
+    from synthhost.limits import read_text_file
+
+    with pytest.raises(UsageError, match="not a regular file"):
+        read_text_file(device)

@@ -49,6 +49,8 @@ class Group(click.Group):
                 raise HostError(f"database error: {str(exc.orig).strip().splitlines()[0]}") from None
             if isinstance(exc, click.exceptions.Exit | click.ClickException | click.Abort):
                 raise
+            if isinstance(exc, RecursionError):
+                raise BadInput("input nested too deeply") from None
             if isinstance(exc, OverflowError):
                 raise BadInput(f"a number is out of range: {_first_line(exc)}") from None
             if isinstance(exc, OSError):

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from synthhost.limits import safe_load
 from synthhost_guardrails.validators import BUILTINS, Validator
 
 OnFail = Literal["exception", "fix", "warn", "noop"]
@@ -130,7 +131,7 @@ def parse_document(data: Any) -> GuardSetSpec:
 
 def load_text(text: str) -> GuardSetSpec:
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""

@@ -99,7 +99,7 @@ def test_errors_exit_2_on_one_line(env: Path, tmp_path: Path, monkeypatch: pytes
     assert one_line_error(invoke("apply", bad)).startswith(f"{bad}: line 2: ")
     assert (
         one_line_error(invoke("apply", tmp_path / "missing.yaml"))
-        == f"{tmp_path / 'missing.yaml'}: No such file or directory"
+        == f"{tmp_path / 'missing.yaml'}: no such file"
     )
     assert one_line_error(invoke("apply", env, "-w", "w1", "--global")) == "--global and --workspace are exclusive"
     assert one_line_error(invoke("show", "-w", "w1", "--version", "7")) == "no guard set version 7 in workspace 'w1'"

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from synthhost.errors import UsageError
-from synthhost.limits import read_text_file
+from synthhost.limits import LimitedLoader, read_text_file
 from synthhost_policy.expr import ExprError, compile_condition
 
 GLOBAL = "*"
@@ -179,7 +179,7 @@ def _expr_line(node: Any, err: ExprError) -> tuple[int, int] | None:
 def parse_policy(text: str, source: str = "<policy>") -> PolicySet:
     """Parse and validate a policy file; raise :class:`PolicyFileError`."""
     try:
-        loader = yaml.SafeLoader(text)
+        loader = LimitedLoader(text)
         try:
             root = loader.get_single_node()
             data = loader.construct_document(root) if root is not None else None

@@ -115,7 +115,7 @@ def test_usage_errors_exit_2_on_one_line(env: Path, tmp_path: Path) -> None:
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text(SET.replace("priority: 10", "priority: 10\nstrict: true"))
     assert one_line_error(invoke("apply", unknown)) == f"{unknown}:3: strict: unknown field"
-    assert one_line_error(invoke("apply", tmp_path / "nope.yaml")).startswith(f"{tmp_path / 'nope.yaml'}: cannot read")
+    assert one_line_error(invoke("apply", tmp_path / "nope.yaml")).startswith(f"{tmp_path / 'nope.yaml'}: no such file")
     assert one_line_error(invoke("show", "nope", "-w", "w1")) == "no policy set 'nope' in workspace 'w1'"
     assert one_line_error(invoke("history", "nope")) == "no policy set 'nope' in workspace 'default'"
     assert "use --global" in one_line_error(invoke("list", "-w", "*"))

@@ -50,8 +50,10 @@ def parse_value(path: str, text: str) -> Any:
     list field (``region.compliance=GDPR,HIPAA``)."""
     import yaml
 
+    from synthhost.limits import safe_load
+
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         raise UsageError(f"{path}: not a valid value: {text!r}") from None
     if isinstance(value, str) and (path in _LISTS or path.startswith(tuple(p for p in _LISTS if p.endswith(".")))):
@@ -229,11 +231,11 @@ def apply_command(file: Path, workspace: str | None, global_: bool, actor: str |
     """Replace the workspace's configuration with FILE (YAML; may name its workspace)."""
     import yaml
 
-    from synthhost.limits import read_text_file
+    from synthhost.limits import read_text_file, safe_load
     from synthhost_routing import _target, set_config
 
     try:
-        document = yaml.safe_load(read_text_file(file, what="routing config"))
+        document = safe_load(read_text_file(file, what="routing config"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""

@@ -188,4 +188,4 @@ def test_cli_apply_errors(env: Path) -> None:
     assert one_line_error(invoke("apply", bad)) == (
         f"{bad}: routing config of workspace 'default': max_prompt_token: unknown field"
     )
-    assert "cannot read" in one_line_error(invoke("apply", env / "missing.yaml"))
+    assert "no such file" in one_line_error(invoke("apply", env / "missing.yaml"))
