@@ -99,6 +99,14 @@ class Host:
         self._started = False
         self._outbox: Any = None
         self._on_emit: list[Callable[[dict[str, Any]], None]] = []
+        # Where the outbox is delivered: ``inline`` (threads of this process, the
+        # default), ``worker`` (``synthhost worker`` processes deliver; this process only
+        # queues) or ``off`` (queued, delivered by nobody until a worker runs).
+        self.delivery = (self.settings.env.get("SYNTHHOST_DELIVERY") or "inline").strip().lower()
+        if self.delivery not in ("inline", "worker", "off"):
+            from synthhost.errors import UsageError
+
+            raise UsageError(f"SYNTHHOST_DELIVERY={self.delivery!r}: expected inline, worker or off")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> Host:
@@ -145,7 +153,7 @@ class Host:
         self.flags.start()
         self.writer.start()
         await anyio.to_thread.run_sync(self._replay_spool)
-        if self.registry.exporters:
+        if self.registry.exporters and self.delivery == "inline":
             self._outbox = OutboxWorker(self)
             self._outbox.start()
         self._started = True
