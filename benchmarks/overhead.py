@@ -512,8 +512,8 @@ def rss_run(args: argparse.Namespace, redis_url: str, tmp: str, receiver: Loopba
                     done += 1
                     await host.complete(model="echo/gpt-4o-mini", workspace="bench", user=f"user-{i % 50}",
                                         messages=[{"role": "user", "content": f"Summarise report #{i} now."}])
-                    if done % args.rss_every == 0:
-                        s = {"calls": done, "rss_mib": round(rss_mib(), 1),
+                    if (i + 1) % args.rss_every == 0:
+                        s = {"calls": i + 1, "rss_mib": round(rss_mib(), 1),
                              "seconds": round(time.perf_counter() - started, 1),
                              "writer_pending": host.writer.pending,
                              "similarity_dropped": host.stats.get("similarity.dropped", 0)}
@@ -524,6 +524,7 @@ def rss_run(args: argparse.Namespace, redis_url: str, tmp: str, receiver: Loopba
             async with anyio.create_task_group() as tg:
                 for n in range(args.concurrency):
                     tg.start_soon(worker, n)
+            samples.sort(key=lambda s: s["calls"])
 
     anyio.run(run)
     out: dict[str, Any] = {"profile": config, "calls": args.calls, "samples": samples}

@@ -38,6 +38,17 @@ log = logging.getLogger("synthhost")
 EVENTS = EventLog.__table__  # type: ignore[attr-defined]
 
 
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        from synthhost.errors import UsageError
+
+        raise UsageError(f"{name}={raw!r}: expected a positive integer")
+    return int(raw)
+
+
 class _Redactor:
     """Masks secrets in a row's JSON columns (runs in the writer thread)."""
 
@@ -88,7 +99,8 @@ class Host:
         self.pm = self.plugins.pm
         self.registry = self._collect_registrations()
         self.engine = db.create_engine(self.settings.database_url)
-        self.writer = BatchedWriter(self.engine, stats=self.stats)
+        self.writer = BatchedWriter(self.engine, stats=self.stats, max_pending=_positive_int(
+            self.settings.env, "SYNTHHOST_WRITER_MAX_PENDING", 50_000))
         self._secrets = secret_values(self.settings.env)
         redactor = _Redactor(self._secrets)
         for table in ("spans", "runs", "event_logs"):
