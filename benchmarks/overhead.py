@@ -409,8 +409,15 @@ def profiles_main() -> None:
     parser.add_argument("--receiver-delay-ms", type=float, default=0.0)
     parser.add_argument("--calls", type=int, default=0, help="RSS mode: this many production calls in one host")
     parser.add_argument("--rss-every", type=int, default=100_000)
+    parser.add_argument("--off", default="", help="comma list of flags to leave off in every profile "
+                        "(attribution: e.g. --off enable_similarity_logging)")
+    parser.add_argument("--switch-interval-ms", type=float, default=None,
+                        help="sys.setswitchinterval for the run (default: Python's 5 ms)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
+    PRODUCTION_OFF.update(f for f in args.off.split(",") if f)
     redis_url = os.environ.get("REDIS_URL") or os.environ.get("SYNTHHOST_TEST_REDIS") or "redis://127.0.0.1:6379/0"
     tmp = tempfile.mkdtemp()
     receiver = LoopbackReceiver(args.receiver_delay_ms)
