@@ -15,6 +15,22 @@ whole way, each prompt is unique (a counter), similarity acts by flagging, and t
 limits are raised far above what the run needs (the checks still run). Without
 ``REDIS_URL`` the rate limiter runs in process; set it to measure the Redis path.
 Prints figures; asserts nothing.
+
+Profiles (issue 15): ``--profile production`` turns on the production plugin set: the
+Redis rate limiter with 4 scopes (``REDIS_URL``, default the local Redis), 20 CEL policy
+rules that all evaluate (none matches), the default guard set, routing, cost,
+similarity *logging*, and Langfuse and RudderStack delivering to a loopback receiver this
+script starts in a subprocess (``--receiver-delay-ms`` adds latency per request).
+``--profile all`` also runs ``production+check``: the similarity check with 10,000
+known prompts in the workspace. In the same run, interleaved round by round (``--rounds``),
+the script measures the bare host, production with delivery off
+(``SYNTHHOST_DELIVERY=off``: rows are queued, nobody delivers) and Redis PING, and prints
+each figure with its ratio to the floor and the targets' pass/fail. Every configuration
+gets its own host (started and stopped each round) and its own SQLite file.
+
+    uv run python benchmarks/overhead.py --profile production
+    uv run python benchmarks/overhead.py --profile all --rounds 5 --json
+    uv run python benchmarks/overhead.py --profile production --calls 1000000 --rss-every 100000
 """
 
 from __future__ import annotations
@@ -150,6 +166,9 @@ def _raise_limits(env: dict[str, str]) -> None:
 
 
 def main() -> None:
+    if "--profile" in sys.argv or any(a.startswith("--profile=") for a in sys.argv):
+        profiles_main()
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--plugins", default="none", help="none, all, or a comma list of plugin names")
     parser.add_argument("--warmup", type=int, default=200)
@@ -173,6 +192,358 @@ def main() -> None:
               f"{r['overhead_p99_us']:.0f} µs")
     print(f"  final flush {result['final_flush_ms']} ms, rows committed {result['rows_committed']}, "
           f"plugin errors {result['plugin_errors']}")
+
+
+# -- production / all profiles (issue 15) ------------------------------------------------
+
+RECEIVER = r"""
+import sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+delay = float(sys.argv[1]) / 1000.0
+counts = {"rudderstack": 0, "langfuse": 0}
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        counts["rudderstack" if self.path.endswith("/v1/batch") else "langfuse"] += 1
+        if delay:
+            time.sleep(delay)
+        body = b"OK" if self.path.endswith("/v1/batch") else b""
+        self.send_response(200)
+        if not body:
+            self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        body = repr(counts).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer.request_queue_size = 256
+server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+PRODUCTION_OFF = {"enable_prompt_similarity_check", "enable_stackstorm", "enable_stackstorm_retry",
+                  "enable_stackstorm_reroute", "enable_stackstorm_repair_execution"}
+PRODUCTION_PLUGINS = "cost,policy,ratelimit,guardrails,routing,similarity,langfuse,rudderstack"
+KNOWN_PROMPTS = 10_000
+
+
+class LoopbackReceiver:
+    """RudderStack ``/v1/batch`` and Langfuse OTLP in one subprocess (its work must not
+    compete with the measured host for the GIL): answers 200 after ``delay_ms``."""
+
+    def __init__(self, delay_ms: float) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen([sys.executable, "-c", RECEIVER, str(delay_ms)], stdout=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stdout is not None
+        self.url = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
+
+    def counts(self) -> dict[str, int]:
+        import ast
+        import urllib.request
+
+        with urllib.request.urlopen(self.url) as r:
+            return dict(ast.literal_eval(r.read().decode()))
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+
+
+def profile_env(config: str, url: str, redis_url: str, receiver: LoopbackReceiver) -> dict[str, str]:
+    env = {**os.environ, "DATABASE_URL": url, "SYNTHHOST_SIMILARITY_ACTION": "flagged"}
+    if config == "bare":
+        env["SYNTHHOST_LOAD_PLUGINS"] = ""
+        return env
+    env.update({
+        "SYNTHHOST_LOAD_PLUGINS": PRODUCTION_PLUGINS, "REDIS_URL": redis_url,
+        "RUDDERSTACK_WRITE_KEY": "bench-write-key", "RUDDERSTACK_DATA_PLANE_URL": receiver.url,
+        "LANGFUSE_BASE_URL": receiver.url, "LANGFUSE_PUBLIC_KEY": "pk-lf-bench",
+        "LANGFUSE_SECRET_KEY": "sk-lf-bench",
+    })
+    if config == "production-nodelivery":
+        env["SYNTHHOST_DELIVERY"] = "off"
+    return env
+
+
+def prepare(config: str, env: dict[str, str]) -> None:
+    """Once per database: limits, the policy set, the known prompts."""
+    if config == "bare":
+        return
+    _raise_limits(env)
+    host = Host(Settings.from_env(env), load_entrypoints=True)
+    host.migrate()
+    _apply_policy(env)
+    if config == "all":
+        _known_prompts(host, KNOWN_PROMPTS)
+    host.engine.dispose()
+
+
+def _apply_policy(env: dict[str, str]) -> None:
+    from click.testing import CliRunner
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from policy import policy_yaml  # benchmarks/policy.py: the 20 typical rules
+
+    from synthhost.cli import cli
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(policy_yaml())
+    result = CliRunner().invoke(cli, ["policy", "apply", f.name, "--workspace", "bench"], env=env)
+    if result.exit_code != 0:
+        raise SystemExit(f"could not apply the policy: {result.output}")
+
+
+def _known_prompts(host: Host, n: int) -> None:
+    import random
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from similarity import prompts  # benchmarks/similarity.py: the synthetic prompt mix
+
+    from synthhost.call import new_id
+    from synthhost.storage.models import utcnow
+    from synthhost_similarity.admin import REFS
+    from synthhost_similarity.embedders import make_embedder
+    from synthhost_similarity.models import vector_to_bytes
+    from synthhost_similarity.store import text_hash
+
+    embedder = make_embedder(host.settings.env)
+    texts = prompts(n, random.Random(15))
+    vectors = embedder.embed(texts)
+    rows = [{"id": new_id(), "workspace_id": "bench", "kind": "known", "text": t, "text_hash": text_hash(t),
+             "embedder": embedder.name, "dim": int(v.shape[-1]), "vector": vector_to_bytes(v),
+             "created_at": utcnow()} for t, v in zip(texts, vectors, strict=True)]
+    with host.engine.begin() as conn:
+        conn.execute(REFS.insert(), rows)
+
+
+def ping_samples(redis_url: str, count: int) -> list[float]:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for _ in range(100):
+        client.ping()
+    out = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        client.ping()
+        out.append(time.perf_counter() - t0)
+    client.close()
+    return out
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def profile_round(config: str, env: dict[str, str], warmup: int, count: int,
+                        concurrency: int) -> dict[str, Any]:
+    host = Host(Settings.from_env(env), load_entrypoints=True)
+    workspace = "bench"
+    async with host:
+        if config != "bare":
+            for name in host.registry.flags:
+                on = not name.startswith("disable_") and name not in PRODUCTION_OFF
+                if config == "all" and name == "enable_prompt_similarity_check":
+                    on = True
+                host.flags.set(name, on, workspace=workspace)
+        counter = iter(range(10**9))
+        base = int(time.time() * 1000) % 10**9
+
+        async def one() -> float:
+            n = next(counter)
+            messages = [{"role": "user", "content": f"Summarise quarterly report #{base}-{n} in three bullet points."}]
+            started = time.perf_counter()
+            await host.complete(model="echo/gpt-4o-mini", messages=messages, workspace=workspace,
+                                user=f"user-{n % 50}", org="org-1")
+            return time.perf_counter() - started
+
+        for _ in range(warmup):
+            await one()
+        await host.writer.flush()
+        sequential = [await one() for _ in range(count)]
+        concurrent: list[float] = []
+        remaining = count
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                concurrent.append(await one())
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(concurrency):
+                tg.start_soon(worker)
+        elapsed = time.perf_counter() - started
+        stats = dict(host.stats)
+    return {"sequential": sequential, "concurrent": concurrent, "elapsed": elapsed, "stats": stats}
+
+
+def _us(values: list[float], q: float) -> float:
+    return round(pct(values, q) * 1e6, 1)
+
+
+def profiles_main() -> None:
+    parser = argparse.ArgumentParser(description="issue 15 profiles: production and all, against bare and PING")
+    parser.add_argument("--profile", choices=("production", "all"), required=True)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--count", type=int, default=1000, help="calls per configuration per round")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--receiver-delay-ms", type=float, default=0.0)
+    parser.add_argument("--calls", type=int, default=0, help="RSS mode: this many production calls in one host")
+    parser.add_argument("--rss-every", type=int, default=100_000)
+    parser.add_argument("--off", default="", help="comma list of flags to leave off in every profile "
+                        "(attribution: e.g. --off enable_similarity_logging)")
+    parser.add_argument("--switch-interval-ms", type=float, default=None,
+                        help="sys.setswitchinterval for the run (default: Python's 5 ms)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
+    PRODUCTION_OFF.update(f for f in args.off.split(",") if f)
+    redis_url = os.environ.get("REDIS_URL") or os.environ.get("SYNTHHOST_TEST_REDIS") or "redis://127.0.0.1:6379/0"
+    tmp = tempfile.mkdtemp()
+    receiver = LoopbackReceiver(args.receiver_delay_ms)
+    try:
+        run = rss_run if args.calls else compare
+        result = run(args, redis_url, tmp, receiver)
+        result["receiver_requests"] = receiver.counts()
+    finally:
+        receiver.close()
+    if args.json:
+        print(json.dumps(result))
+
+
+def compare(args: argparse.Namespace, redis_url: str, tmp: str, receiver: LoopbackReceiver) -> dict[str, Any]:
+    configs = ["bare", "production", "production-nodelivery"] + (["all"] if args.profile == "all" else [])
+    envs = {c: profile_env(c, f"sqlite:///{tmp}/{c}.db", redis_url, receiver) for c in configs}
+    for c in configs:
+        prepare(c, envs[c])
+    seq: dict[str, list[float]] = {c: [] for c in configs}
+    conc: dict[str, list[float]] = {c: [] for c in configs}
+    rate: dict[str, list[float]] = {c: [] for c in configs}
+    pings: list[float] = []
+    last_stats: dict[str, Any] = {}
+    for r in range(args.rounds):
+        pings += ping_samples(redis_url, args.count)
+        order = configs if r % 2 == 0 else configs[::-1]
+        for c in order:
+            out = anyio.run(profile_round, c, envs[c], args.warmup, args.count, args.concurrency)
+            seq[c] += out["sequential"]
+            conc[c] += out["concurrent"]
+            rate[c].append(len(out["concurrent"]) / out["elapsed"])
+            last_stats[c] = {k: v for k, v in out["stats"].items() if "dropped" in k or "error" in k
+                             or k.startswith("rows_")}
+            if not args.json:
+                print(f"round {r + 1} {c:<22} seq p50 {_us(out['sequential'], .5):>7} µs  "
+                      f"p95 {_us(out['sequential'], .95):>7} µs  {rate[c][-1]:>7.0f} calls/s at "
+                      f"{args.concurrency}", flush=True)
+    ping50 = _us(pings, 0.5)
+    res: dict[str, Any] = {"profile": args.profile, "rounds": args.rounds, "count": args.count,
+                           "python": sys.version.split()[0], "ping_p50_us": ping50,
+                           "ping_p95_us": _us(pings, 0.95), "configs": {}}
+    for c in configs:
+        res["configs"][c] = {
+            "p50_us": _us(seq[c], .5), "p95_us": _us(seq[c], .95), "p99_us": _us(seq[c], .99),
+            f"concurrent_{args.concurrency}_p50_us": _us(conc[c], .5),
+            f"concurrent_{args.concurrency}_p95_us": _us(conc[c], .95),
+            "calls_per_s": round(statistics.median(rate[c]), 1), "stats": last_stats[c],
+        }
+    cf = res["configs"]
+    bare, prod, off = cf["bare"], cf["production"], cf["production-nodelivery"]
+    budget = bare["p50_us"] + 1.5 * ping50 + 60
+    targets = [
+        ("production p50 <= bare p50 + 1.5 x PING + 60 µs", prod["p50_us"], round(budget, 1)),
+        ("production p95 <= 2 x its p50", prod["p95_us"], 2 * prod["p50_us"]),
+        (f"production calls/s at {args.concurrency} in flight >= 6000", -prod["calls_per_s"], -6000),
+        ("delivery on p95 <= 1.1 x delivery off p95", prod["p95_us"], round(1.1 * off["p95_us"], 1)),
+    ]
+    if "all" in cf:
+        targets += [
+            ("all p50 <= production p50 + 80 µs", cf["all"]["p50_us"], prod["p50_us"] + 80),
+            ("all p95 <= 2 x its p50", cf["all"]["p95_us"], 2 * cf["all"]["p50_us"]),
+        ]
+    res["targets"] = [{"target": t, "value": abs(v), "limit": abs(lim), "pass": v <= lim}
+                      for t, v, lim in targets]
+    if not args.json:
+        print(f"\nRedis PING p50 {ping50} µs p95 {res['ping_p95_us']} µs "
+              f"({args.rounds} rounds x {args.count} sequential calls per configuration)")
+        for c in configs:
+            r = cf[c]
+            print(f"  {c:<22} p50 {r['p50_us']:>7} µs ({r['p50_us'] / bare['p50_us']:5.1f}x bare, "
+                  f"{r['p50_us'] / ping50:4.1f}x PING)  p95 {r['p95_us']:>7} µs  p99 {r['p99_us']:>7} µs  "
+                  f"{r['calls_per_s']:>7.0f} calls/s at {args.concurrency} (p95 "
+                  f"{r[f'concurrent_{args.concurrency}_p95_us']} µs)  {r['stats']}")
+        for t in res["targets"]:
+            print(f"  [{'PASS' if t['pass'] else 'FAIL'}] {t['target']}: {t['value']} vs {t['limit']}")
+    return res
+
+
+def rss_run(args: argparse.Namespace, redis_url: str, tmp: str, receiver: LoopbackReceiver) -> dict[str, Any]:
+    config = "all" if args.profile == "all" else "production"
+    env = profile_env(config, f"sqlite:///{tmp}/{config}.db", redis_url, receiver)
+    prepare(config, env)
+    samples: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        host = Host(Settings.from_env(env), load_entrypoints=True)
+        async with host:
+            for name in host.registry.flags:
+                on = not name.startswith("disable_") and (name not in PRODUCTION_OFF
+                                                         or (config == "all" and "similarity" in name))
+                host.flags.set(name, on, workspace="bench")
+            done = 0
+            started = time.perf_counter()
+
+            async def worker(n: int) -> None:
+                nonlocal done
+                while done < args.calls:
+                    i = done
+                    done += 1
+                    await host.complete(model="echo/gpt-4o-mini", workspace="bench", user=f"user-{i % 50}",
+                                        messages=[{"role": "user", "content": f"Summarise report #{i} now."}])
+                    if (i + 1) % args.rss_every == 0:
+                        s = {"calls": i + 1, "rss_mib": round(rss_mib(), 1),
+                             "seconds": round(time.perf_counter() - started, 1),
+                             "writer_pending": host.writer.pending,
+                             "similarity_dropped": host.stats.get("similarity.dropped", 0)}
+                        samples.append(s)
+                        if not args.json:
+                            print(f"  {s}", flush=True)
+
+            async with anyio.create_task_group() as tg:
+                for n in range(args.concurrency):
+                    tg.start_soon(worker, n)
+            samples.sort(key=lambda s: s["calls"])
+
+    anyio.run(run)
+    out: dict[str, Any] = {"profile": config, "calls": args.calls, "samples": samples}
+    ref = next((s for s in samples if s["calls"] >= 100_000), samples[0] if samples else None)
+    if ref is not None and samples:
+        growth = (samples[-1]["rss_mib"] - ref["rss_mib"]) / ref["rss_mib"] * 100
+        out["rss_growth_pct"] = round(growth, 1)
+        if not args.json:
+            print(f"RSS {ref['rss_mib']} MiB at {ref['calls']} -> {samples[-1]['rss_mib']} MiB at "
+                  f"{samples[-1]['calls']} calls: {growth:+.1f} % "
+                  f"[{'PASS' if abs(growth) <= 5 else 'FAIL'} within ±5 %]")
+    return out
 
 
 if __name__ == "__main__":

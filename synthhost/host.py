@@ -43,6 +43,17 @@ log = logging.getLogger("synthhost")
 EVENTS = EventLog.__table__  # type: ignore[attr-defined]
 
 
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        from synthhost.errors import UsageError
+
+        raise UsageError(f"{name}={raw!r}: expected a positive integer")
+    return int(raw)
+
+
 class _Redactor:
     """Masks secrets in a row's JSON columns (runs in the writer thread)."""
 
@@ -98,7 +109,8 @@ class Host:
         self.registry = self._collect_registrations()
         self.models = self._load_models()
         self.engine = db.create_engine(self.settings.database_url)
-        self.writer = BatchedWriter(self.engine, stats=self.stats)
+        self.writer = BatchedWriter(self.engine, stats=self.stats, max_pending=_positive_int(
+            self.settings.env, "SYNTHHOST_WRITER_MAX_PENDING", 50_000))
         self._secrets = secret_values(self.settings.env)
         # A deployment's key may sit under any variable name: redact those values too.
         extra = [v for k in env_api_key_names(self.models) if len(v := self.settings.env.get(k, "")) >= 8]
@@ -116,6 +128,14 @@ class Host:
         # number of concurrent runs (no per-event scan of listeners).
         self._run_events: dict[str, list[EventRecord]] = {}
         self._valid_workspaces: set[str] = set()
+        # Where the outbox is delivered: ``inline`` (threads of this process, the
+        # default), ``worker`` (``synthhost worker`` processes deliver; this process only
+        # queues) or ``off`` (queued, delivered by nobody until a worker runs).
+        self.delivery = (self.settings.env.get("SYNTHHOST_DELIVERY") or "inline").strip().lower()
+        if self.delivery not in ("inline", "worker", "off"):
+            from synthhost.errors import UsageError
+
+            raise UsageError(f"SYNTHHOST_DELIVERY={self.delivery!r}: expected inline, worker or off")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> Host:
@@ -177,7 +197,7 @@ class Host:
         await anyio.to_thread.run_sync(self.flags.reload)
         self.flags.start()
         self.writer.start()
-        if self.registry.exporters:
+        if self.registry.exporters and self.delivery == "inline":
             self._outbox = OutboxWorker(self)
             self._outbox.start()
         self._started = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -85,7 +86,7 @@ def drain_command(ctx: click.Context, timeout: float, as_json: bool) -> None:
     async def main() -> dict[str, dict[str, object]]:
         import anyio
 
-        async with open_host() as host:
+        async with open_host(env={**os.environ, "SYNTHHOST_DELIVERY": "inline"}) as host:
             await host.writer.flush()
             retry_due_now(host.engine)  # rows backing off are due now: this is a drain
             outbox = host._outbox

@@ -5,6 +5,7 @@ atomically, so adding workers adds throughput without duplicates."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -38,7 +39,7 @@ def worker_command(schedule_paths: tuple[Path, ...], workspace: str | None, unti
 
     async def main() -> SynthhostError | None:
         try:
-            async with open_host() as host:
+            async with open_host(env={**os.environ, "SYNTHHOST_DELIVERY": "inline"}) as host:  # this process delivers
                 exporters = sorted(host._outbox.lanes) if host._outbox is not None else []
                 click.echo(f"worker: delivering to {', '.join(exporters) or 'no configured exporter'}"
                            + (f"; {len(jobs)} scheduled agent(s)" if jobs else ""), err=True)

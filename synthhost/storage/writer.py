@@ -8,10 +8,20 @@ shutdown (normal exit, Ctrl-C, SIGTERM).
 
 If the database is unreachable the batch is kept and retried with backoff, so rows are
 delayed, not lost, while the process lives.
+
+The queue is bounded (``max_pending`` rows, ``SYNTHHOST_WRITER_MAX_PENDING``, default
+50,000): when the database is slower than the calls and the queue is full, ``submit``
+waits until the writer thread has committed a batch (backpressure on the call path:
+calls slow down to the database's pace instead of memory growing without bound, and no
+row is dropped). ``stats["writer_backpressure_waits"]`` counts the submits that waited,
+``stats["writer_queue_max"]`` is the queue's high-water mark. A submit never waits when
+the writer thread is not running (not started, stopped or crashed), or from the writer
+thread itself. One transaction takes at most ``10 x max_batch`` rows.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -44,12 +54,16 @@ class BatchedWriter:
         *,
         max_batch: int = 1000,
         max_delay_s: float = 0.02,
+        max_pending: int = 50_000,
         stats: Counter[str] | None = None,
         on_commit: Callable[[list[_Item]], None] | None = None,
     ) -> None:
         self.engine = engine
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
+        if max_pending < 1:
+            raise ValueError("max_pending must be >= 1")
+        self.max_pending = max_pending
         self.stats: Counter[str] = stats if stats is not None else Counter()
         self.on_commit = on_commit
         self._queue: deque[tuple[int, _Item]] = deque()
@@ -76,11 +90,30 @@ class BatchedWriter:
         self, table: sa.Table, values: dict[str, Any], *, upsert_on: tuple[str, ...] | None = None
     ) -> None:
         with self._cond:
+            if len(self._queue) >= self.max_pending:
+                self._wait_for_room()
             self._submitted += 1
             self._queue.append((self._submitted, (table, values, upsert_on)))
-            if len(self._queue) >= self.max_batch:
-                self._cond.notify()
+            depth = len(self._queue)
+            if depth >= self.max_batch:
+                self._cond.notify_all()
         self.stats["rows_submitted"] += 1
+        if depth > self.stats["writer_queue_max"]:
+            self.stats["writer_queue_max"] = depth
+
+    def _wait_for_room(self) -> None:
+        """Backpressure (holding ``self._cond``): wait until the queue is below
+        ``max_pending``, while a writer thread is there to drain it."""
+        waited = False
+        while len(self._queue) >= self.max_pending:
+            thread = self._thread
+            if thread is None or not thread.is_alive() or thread is threading.current_thread() or self._closing:
+                return
+            if not waited:
+                waited = True
+                self.stats["writer_backpressure_waits"] += 1
+            self._cond.notify_all()  # the writer may be sleeping on a group-commit wait
+            self._cond.wait(0.5)
 
     @property
     def pending(self) -> int:
@@ -159,13 +192,13 @@ class BatchedWriter:
                     if self._closing:
                         return
                     continue
-                batch = list(self._queue)
+                batch = self._take()
             if len(batch) < self.max_batch and not self._closing and not self._flush_waiters:
                 # Group commit: let concurrent calls join the batch, unless someone (a
                 # run about to report done) is waiting for it.
                 time.sleep(self.max_delay_s)
                 with self._cond:
-                    batch = list(self._queue)
+                    batch = self._take()
             try:
                 self._write(batch)
             except sa.exc.OperationalError as exc:
@@ -180,6 +213,9 @@ class BatchedWriter:
                 self._write_one_by_one(batch)
             backoff = 0.05
             self._mark_done(batch)
+
+    def _take(self) -> list[tuple[int, _Item]]:
+        return list(itertools.islice(self._queue, 10 * self.max_batch))
 
     def _drain_locked(self) -> None:
         # No thread (not started or crashed): write in the caller's thread.

@@ -96,7 +96,8 @@ def _health(host: Host) -> tuple[bool, str]:
     refs = sum(len(store.library(ws)) for ws in store.workspaces())
     return True, (
         f"embedder {service.embedder.name}, {len(store.workspaces())} workspaces and "
-        f"{refs} references in memory, {service.queued} prompts queued"
+        f"{refs} references in memory, {service.queued} prompts queued, "
+        f"{host.stats['similarity.dropped']} not logged (queue full)"
     )
 
 

@@ -15,8 +15,11 @@ Two modes, by flag (the plugin is active when either is on):
 - ``enable_similarity_logging`` alone (log): ``post_call`` queues the prompt to a
   background thread that does the same embedding and search off the call path and
   records action ``allowed`` (nothing is acted on; the score and threshold are there).
-  The queue is bounded: when full the prompt is dropped and counted
-  (``host.stats["similarity.dropped"]``).
+  The queue is bounded (``SYNTHHOST_SIMILARITY_QUEUE_SIZE``, default 10,000 prompts):
+  when it is full the call is never held back; the prompt is not logged, and that is
+  counted, never silent: ``host.stats["similarity.dropped"]`` (the metric), the health
+  check (``synthhost doctor``) shows the count, and a warning is logged at the first
+  drop and then at most once every 10 s with the running total.
 
 Every checked prompt writes one ``prompt_similarity_logs`` row (whichever flag asked for
 it: a decision without its row could not be audited), emits ``prompt_similarity_logged``
@@ -183,6 +186,7 @@ class SimilarityService:
             maxsize=int(env.get("SYNTHHOST_SIMILARITY_QUEUE_SIZE") or 10_000)
         )
         self._thread: threading.Thread | None = None
+        self._next_drop_warning = 0.0
         self._stopped = False
         self._refresh_stop = threading.Event()
         self._refresher: threading.Thread | None = None
@@ -286,7 +290,19 @@ class SimilarityService:
             return
         prompt = storable(checked_text(call))
         if prompt.strip() and not self._submit(LogJob(call, prompt)):
-            self.host.stats["similarity.dropped"] += 1
+            self._dropped()
+
+    def _dropped(self) -> None:
+        stats = self.host.stats
+        stats["similarity.dropped"] += 1
+        now = time.monotonic()
+        if now >= self._next_drop_warning:
+            self._next_drop_warning = now + 10.0
+            log.warning(
+                "similarity logging is behind: %d prompts not logged so far (queue full at %d, "
+                "SYNTHHOST_SIMILARITY_QUEUE_SIZE, or logger stopped)",
+                stats["similarity.dropped"], self._queue.maxsize,
+            )
 
     def _submit(self, job: LogJob | GrowJob) -> bool:
         """Hand work to the background thread; False when it cannot take it."""

@@ -339,3 +339,36 @@ def test_similarity_migration_matches_the_models(db_url: str, make_host: MakeHos
         )
         diff = compare_metadata(context, metadata)
     assert diff == []
+
+
+async def test_similarity_full_log_queue_counts_and_warns(
+    make_host: MakeHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    env = {**FAST, "SYNTHHOST_SIMILARITY_QUEUE_SIZE": "2"}
+    async with make_host(synthhost_similarity, env=env) as host:
+        host.flags.set(FLAG_LOG, True, workspace="w1")
+        service = service_for(host)
+        release = threading.Event()
+        real_log_one = service._log_one
+
+        def blocked(job: Any) -> None:  # failure injection: the logger is stuck
+            release.wait(30)
+            real_log_one(job)
+
+        service._log_one = blocked  # type: ignore[method-assign]
+        with caplog.at_level("WARNING", logger="synthhost.similarity"):
+            for i in range(8):
+                await ask(host, f"{PROMPT} variant {i}")
+        release.set()
+        # at most one in the logger's hands and two queued: the rest were counted
+        dropped = host.stats["similarity.dropped"]
+        assert 5 <= dropped <= 6
+        assert [r for r in caplog.records if "not logged" in r.getMessage()]
+        from synthhost_similarity.plugin import _health
+
+        assert f"{dropped} not logged" in _health(host)[1]
+        await host.writer.flush()
+        # every prompt is either logged or counted: none is lost silently
+        await eventually(lambda: len(rows(host, LOGS)) == 8 - dropped)
