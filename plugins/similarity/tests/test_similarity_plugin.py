@@ -357,7 +357,7 @@ async def test_similarity_full_log_queue_counts_and_warns(
             release.wait(30)
             real_log_one(job)
 
-        service._log_one = blocked  # type: ignore[method-assign]
+        service._log_one = blocked
         with caplog.at_level("WARNING", logger="synthhost.similarity"):
             for i in range(8):
                 await ask(host, f"{PROMPT} variant {i}")
