@@ -70,3 +70,22 @@ async def test_host_refuses_them_too(make_host: Any, name: str) -> None:
             host.flags.set("enable_cron_backoff", True, workspace=name if name != "*" else "")
         host.flags.set("enable_cron_backoff", True, workspace=None)  # the API's explicit global
         assert host.flags.is_enabled("anyone", "enable_cron_backoff")
+
+
+@pytest.mark.parametrize("command", [
+    ["ratelimit", "set", "--scope", "user", "--requests", "5"],
+    ["ratelimit", "unset", "--scope", "user"],
+    ["costs", "price", "set", "--provider", "openai", "--model", "m", "--input", "1", "--output", "1"],
+])
+def test_plugin_commands_need_global_for_the_global_scope(invoke: Any, command: list[str]) -> None:
+    neither = invoke(*command)
+    assert neither.exit_code == 2 and "--global" in neither.output
+    star = invoke(*command, "--workspace", "*")
+    assert star.exit_code == 2 and "global" in star.output
+
+
+@pytest.mark.parametrize("command", [["policy", "list"], ["guardrails", "show"], ["routing", "show"]])
+@pytest.mark.parametrize("name", ["*", "a\nb", "x" * 200])
+def test_plugin_scopes_refuse_bad_names(invoke: Any, command: list[str], name: str) -> None:
+    result = invoke(*command, "--workspace", name)
+    assert result.exit_code == 2 and "Traceback" not in result.output

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from synthhost.cli.types import WORKSPACE, scope_of
 from synthhost.errors import UsageError
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def costs() -> None:
 
 
 @costs.command("report")
-@click.option("--workspace", "-w", default=None, help="Only this workspace (default: all).")
+@click.option("--workspace", "-w", type=WORKSPACE, default=None, help="Only this workspace (default: all).")
 @click.option("--since", default=None, help="7d, 24h, 30m, or an ISO date/time (UTC).")
 @click.option("--by", "by", type=click.Choice(["model", "agent", "day"]), default="model", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -90,7 +91,8 @@ def _override_dict(o: Override) -> dict[str, Any]:
 
 
 @price.command("set")
-@click.option("--workspace", "-w", default="*", show_default=True, help="Workspace, or '*' for all.")
+@click.option("--workspace", "-w", type=WORKSPACE, default=None, help="The workspace the price is for.")
+@click.option("--global", "is_global", is_flag=True, help="The price for every workspace without its own.")
 @click.option("--provider", required=True, help="Provider name as calls use it (openai).")
 @click.option("--model", required=True, help="Model name (exact; a dated name is its own model).")
 @click.option("--input", "input_", required=True, help="Input price per million tokens.")
@@ -101,7 +103,8 @@ def _override_dict(o: Override) -> dict[str, Any]:
 @click.option("--valid-from", default=None, help="ISO date/time (UTC) the price starts (default: always).")
 @click.option("--note", default=None, help="Why (contract, fine-tune...).")
 def price_set(
-    workspace: str,
+    workspace: str | None,
+    is_global: bool,
     provider: str,
     model: str,
     input_: str,
@@ -116,7 +119,7 @@ def price_set(
     from synthhost_cost.store import make_override, save_override
 
     override = make_override(
-        workspace=workspace,
+        workspace=scope_of(workspace, is_global) or "*",
         provider=provider,
         model=model,
         input_mtok=input_,
@@ -136,7 +139,7 @@ def price_set(
 
 
 @price.command("list")
-@click.option("--workspace", "-w", default=None, help="This workspace's and the global overrides.")
+@click.option("--workspace", "-w", type=WORKSPACE, default=None, help="This workspace's and the global overrides.")
 @click.option("--json", "as_json", is_flag=True)
 def price_list(workspace: str | None, as_json: bool) -> None:
     """List price overrides."""
@@ -167,13 +170,15 @@ def price_list(workspace: str | None, as_json: bool) -> None:
 
 @price.command("rm")
 @click.argument("override_id", required=False, type=int)
-@click.option("--workspace", "-w", default="*", show_default=True)
+@click.option("--workspace", "-w", type=WORKSPACE, default=None)
+@click.option("--global", "is_global", is_flag=True, help="The global overrides.")
 @click.option("--provider", default=None)
 @click.option("--model", default=None)
 @click.option("--valid-from", default=None, help="Only the override starting then.")
 def price_rm(
     override_id: int | None,
-    workspace: str,
+    workspace: str | None,
+    is_global: bool,
     provider: str | None,
     model: str | None,
     valid_from: str | None,
@@ -183,6 +188,12 @@ def price_rm(
 
     if override_id is None and not (provider and model):
         raise UsageError("price rm: give an override id, or --provider and --model")
+    if override_id is not None and not 1 <= override_id < 2**63:
+        raise UsageError(f"price rm: no override has id {override_id}")
+    if override_id is None:
+        workspace = scope_of(workspace, is_global) or "*"
+    elif workspace is None:
+        workspace = "*"
     with _host() as host:
         removed = delete_overrides(
             host.engine,
@@ -199,7 +210,7 @@ def price_rm(
 
 @price.command("show")
 @click.argument("model_ref")
-@click.option("--workspace", "-w", default="default", show_default=True)
+@click.option("--workspace", "-w", type=WORKSPACE, default="default", show_default=True)
 def price_show(model_ref: str, workspace: str) -> None:
     """Which price a call to PROVIDER/MODEL gets now (override or genai-prices)."""
     from synthhost_cost.pricing import PriceBook

@@ -168,6 +168,7 @@ async def test_price_commands_round_trip_and_reject_bad_values(cli: Any) -> None
         "costs",
         "price",
         "set",
+        "--global",
         "--provider",
         "openai",
         "--model",
@@ -200,11 +201,11 @@ async def test_price_commands_round_trip_and_reject_bad_values(cli: Any) -> None
         (["--input", "1", "--output", "1", "--valid-from", "soon"], "--valid-from"),
         (["--input", "1", "--output", "1.00000000001"], "10 decimal places"),
     ]:
-        bad = cli("costs", "price", "set", "--provider", "openai", "--model", "m", *args)
+        bad = cli("costs", "price", "set", "--global", "--provider", "openai", "--model", "m", *args)
         assert bad.exit_code == 2, (args, bad.output)
         assert needle in bad.output and len(bad.output.strip().splitlines()) == 1, bad.output
 
-    assert cli("costs", "price", "rm", "--provider", "openai", "--model", "gpt-4o").exit_code == 0
+    assert cli("costs", "price", "rm", "--global", "--provider", "openai", "--model", "gpt-4o").exit_code == 0
     assert cli("costs", "price", "rm", str(listed[1]["id"])).exit_code == 0
     assert cli("costs", "price", "list").output.strip() == "no price overrides"
     missing = cli("costs", "price", "rm", "999")

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from synthhost.call import new_id
 from synthhost.errors import UsageError
 from synthhost.storage.models import utcnow
+from synthhost.workspace import validate_workspace
 from synthhost_guardrails.models import SETS
 
 GLOBAL = "*"
@@ -62,6 +63,7 @@ def target_workspace(workspace: str | None, global_: bool) -> str:
     ws = workspace or "default"
     if ws == GLOBAL:
         raise UsageError("workspace '*' is the global scope: use --global")
+    validate_workspace(ws, what="--workspace")
     return ws
 
 

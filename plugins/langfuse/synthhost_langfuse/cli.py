@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from synthhost.cli.types import WORKSPACE
 from synthhost.errors import UsageError
 from synthhost_langfuse.config import EVENT_TYPES, EXPORTER_NAME, load_config
 
@@ -88,7 +89,7 @@ def langfuse_group() -> None:
 
 @langfuse_group.command("resend")
 @click.option("--since", default="1h", show_default=True, help="Runs started since: 30m, 24h, 7d or an ISO time.")
-@click.option("--workspace", "-w", help="Only this workspace (default: all).")
+@click.option("--workspace", "-w", type=WORKSPACE, help="Only this workspace (default: all).")
 @click.option("--run", "run_ids", multiple=True, help="Only this run (or trace) id; repeatable. Ignores --since.")
 @click.option("--pending-only", is_flag=True, help="Only runs whose Langfuse delivery is not done (pending, "
               "retrying, in flight or parked).")

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from synthhost.call import new_id
 from synthhost.errors import UsageError
 from synthhost.storage.models import utcnow
+from synthhost.workspace import validate_workspace
 from synthhost_policy.document import GLOBAL, PolicySet
 from synthhost_policy.models import AUDIT, SETS
 
@@ -81,6 +82,7 @@ def target_workspace(declared: str | None, workspace: str | None, global_: bool)
     ws = workspace or "default"
     if ws == GLOBAL:
         raise UsageError("workspace '*' is the global scope: use --global")
+    validate_workspace(ws, what="--workspace")
     if declared == GLOBAL:
         raise UsageError("the file declares a global set (workspace '*'): apply it with --global")
     if declared is not None and declared != ws:

@@ -10,6 +10,7 @@ from urllib.parse import unquote
 import click
 
 from synthhost.cli.context import cli_host
+from synthhost.cli.types import WORKSPACE, scope_of
 from synthhost.errors import UsageError
 from synthhost_ratelimit.limits import DEFAULT_LIMITS, GLOBAL_WORKSPACE, SCOPES, Limit, ScopeCheck, scope_key
 
@@ -55,15 +56,16 @@ def ratelimit() -> None:
 
 
 @ratelimit.command("set")
-@click.option("--workspace", "-w", default=GLOBAL_WORKSPACE, show_default=True,
-              help="Workspace the limit applies to ('*': every workspace without its own row).")
+@click.option("--workspace", "-w", type=WORKSPACE, default=None, help="Workspace the limit applies to.")
+@click.option("--global", "is_global", is_flag=True, help="Every workspace without its own row.")
 @click.option("--scope", "-s", required=True, type=click.Choice(SCOPES), help="Which counter.")
 @click.option("--requests", "requests", help="Calls per window (a number, or 'none').")
 @click.option("--tokens", "tokens", help="Tokens per window (a number, or 'none').")
 @click.option("--window", "window", type=float, help="Window length in seconds.")
-def set_command(workspace: str, scope: str, requests: str | None, tokens: str | None,
+def set_command(workspace: str | None, is_global: bool, scope: str, requests: str | None, tokens: str | None,
                 window: float | None) -> None:
-    """Set a scope's limits; options left out keep their current value."""
+    """Set a scope's limits (--workspace W or --global); options left out keep their value."""
+    workspace = scope_of(workspace, is_global) or GLOBAL_WORKSPACE
     req, tok = _count("--requests", requests), _count("--tokens", tokens)
     if window is not None and not window > 0:
         raise UsageError(f"--window {window:g}: must be more than 0 seconds")
@@ -85,10 +87,12 @@ def set_command(workspace: str, scope: str, requests: str | None, tokens: str | 
 
 
 @ratelimit.command("unset")
-@click.option("--workspace", "-w", default=GLOBAL_WORKSPACE, show_default=True)
+@click.option("--workspace", "-w", type=WORKSPACE, default=None)
+@click.option("--global", "is_global", is_flag=True, help="The global row.")
 @click.option("--scope", "-s", required=True, type=click.Choice(SCOPES))
-def unset_command(workspace: str, scope: str) -> None:
+def unset_command(workspace: str | None, is_global: bool, scope: str) -> None:
     """Remove a row, so the next level (global, then default) applies."""
+    workspace = scope_of(workspace, is_global) or GLOBAL_WORKSPACE
     from synthhost_ratelimit.store import unset_limit
 
     with cli_host() as host:
@@ -97,7 +101,7 @@ def unset_command(workspace: str, scope: str) -> None:
 
 
 @ratelimit.command("list")
-@click.option("--workspace", "-w", help="Show the limits in force for this workspace.")
+@click.option("--workspace", "-w", type=WORKSPACE, help="Show the limits in force for this workspace.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_command(workspace: str | None, as_json: bool) -> None:
     """List configured rows, or the effective limits of one workspace."""
@@ -136,7 +140,7 @@ def list_command(workspace: str | None, as_json: bool) -> None:
 
 
 @ratelimit.command("status")
-@click.option("--workspace", "-w", required=True, help="Workspace to show.")
+@click.option("--workspace", "-w", type=WORKSPACE, required=True, help="Workspace to show.")
 @click.option("--org", help="Also show this organisation's counter.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status_command(workspace: str, org: str | None, as_json: bool) -> None:

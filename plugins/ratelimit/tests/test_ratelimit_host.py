@@ -148,8 +148,8 @@ async def test_ratelimit_host_config_precedence_and_cli(make_host: Any, db_url: 
                     "--window", "30")
         assert ok.exit_code == 0, ok.output
         assert ok.output == "user limit for workspace w1: 1 req / ∞ tok per 30s\n"
-        assert invoke("ratelimit", "set", "--scope", "agent", "--requests", "5").exit_code == 0
-        assert invoke("ratelimit", "set", "--scope", "org", "--requests", "none").exit_code == 0
+        assert invoke("ratelimit", "set", "--global", "--scope", "agent", "--requests", "5").exit_code == 0
+        assert invoke("ratelimit", "set", "--global", "--scope", "org", "--requests", "none").exit_code == 0
         listed = json.loads(invoke("ratelimit", "list", "--workspace", "w1", "--json").output)
         by_scope = {x["scope"]: x for x in listed["limits"]}
         assert (by_scope["user"]["requests"], by_scope["user"]["source"]) == (1, "workspace")
@@ -187,9 +187,9 @@ async def test_ratelimit_host_config_precedence_and_cli(make_host: Any, db_url: 
 
         assert invoke("ratelimit", "unset", "--workspace", "w1", "--scope", "user").output == (
             "user (w1): removed\n")
-        bad = invoke("ratelimit", "set", "--scope", "user", "--requests", "-3")
+        bad = invoke("ratelimit", "set", "--global", "--scope", "user", "--requests", "-3")
         assert bad.exit_code == 2 and "--requests" in bad.output
-        assert invoke("ratelimit", "set", "--scope", "user").exit_code == 2
+        assert invoke("ratelimit", "set", "--global", "--scope", "user").exit_code == 2
         assert invoke("ratelimit", "set", "--scope", "nope", "--requests", "1").exit_code == 2
 
 

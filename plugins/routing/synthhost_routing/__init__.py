@@ -234,7 +234,9 @@ def _target(workspace: str | None, global_: bool) -> str:
     ws = workspace or "default"
     if ws == GLOBAL:
         raise UsageError("workspace '*' is the global configuration: use --global")
-    return ws
+    from synthhost.workspace import validate_workspace
+
+    return validate_workspace(ws, what="--workspace")
 
 
 def set_config(
