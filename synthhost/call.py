@@ -30,6 +30,16 @@ def new_id() -> str:
     return urandom(16).hex()
 
 
+def content_text(content: Any) -> str:
+    """A message's ``content`` as text: a string as is, content parts' ``text`` joined by
+    newlines (images and other parts have none)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
 @dataclass(slots=True)
 class Request:
     """What will be sent to the provider. ``pre_call`` plugins may change any field;

@@ -24,6 +24,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from synthhost.call import content_text
+
 PER_MESSAGE = 3
 PER_REPLY = 3
 _OPENAI_PREFIXES = ("gpt-", "chatgpt-", "o1", "o3", "o4", "text-embedding-", "davinci", "babbage", "ft:gpt-")
@@ -74,19 +76,10 @@ def count_text(text: str, model: str, provider: str | None = None) -> int:
     return -(-len(text) // 4)
 
 
-def _message_text(message: Mapping[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
-
-
 def count_messages(messages: Sequence[Mapping[str, Any]], model: str, provider: str | None = None) -> int:
     total = PER_REPLY
     for message in messages:
-        total += PER_MESSAGE + count_text(_message_text(message), model, provider)
+        total += PER_MESSAGE + count_text(content_text(message.get("content")), model, provider)
     return total
 
 

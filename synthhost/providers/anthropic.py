@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from synthhost.call import Request, Response, Usage
+from synthhost.call import Request, Response, Usage, content_text
 from synthhost.providers.http import HTTPProvider, to_int
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -54,7 +54,7 @@ class AnthropicProvider(HTTPProvider):
         turns: list[dict[str, Any]] = []
         for message in request.messages:
             role = message.get("role")
-            text = _text(message.get("content"))
+            text = content_text(message.get("content"))
             if role == "system":
                 system.append(text)
                 continue
@@ -109,14 +109,6 @@ def parse_usage(usage: Any) -> Usage:
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
     )
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return "" if content is None else str(content)
 
 
 def _error_type(reply: httpx.Response) -> str | None:

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
-from synthhost.call import Request, Response, Usage
+from synthhost.call import Request, Response, Usage, content_text
 from synthhost.providers.http import HTTPProvider, parse_retry_after, to_int
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -42,7 +42,7 @@ class GeminiProvider(HTTPProvider):
         system: list[dict[str, str]] = []
         contents: list[dict[str, Any]] = []
         for message in request.messages:
-            text = _text(message.get("content"))
+            text = content_text(message.get("content"))
             if message.get("role") == "system":
                 system.append({"text": text})
                 continue
@@ -109,11 +109,3 @@ def parse_usage(usage: Any) -> Usage:
         cache_read_tokens=to_int(usage.get("cachedContentTokenCount")),
         reasoning_tokens=thoughts,
     )
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return "" if content is None else str(content)
