@@ -104,3 +104,20 @@ def test_a_bad_database_url_is_one_line_exit_2(url: str, command: list[str], mon
     assert result.exception is None or isinstance(result.exception, SystemExit)
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and "DATABASE_URL" in errors[0] and "hunter2secret" not in result.output
+
+
+@pytest.mark.parametrize("args", [
+    ["traces", "export", "abc", "-o", "x.json", "--save"],
+    ["langfuse", "resend", "--run", "abc", "--since", "1h"],
+    ["flags", "set", "enable_cron_backoff", "on", "--workspace", "acme", "--global"],
+    ["schedule", "run", "examples", "--once", "--until", "5"],
+])
+def test_contradictory_options_are_refused(args: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    for key, val in env.items():
+        monkeypatch.setenv(key, val)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    result = CliRunner().invoke(cli, args, catch_exceptions=True)
+    assert result.exit_code == 2, result.output
+    [error] = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert "--" in error

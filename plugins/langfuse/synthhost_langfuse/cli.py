@@ -88,20 +88,22 @@ def langfuse_group() -> None:
 
 
 @langfuse_group.command("resend")
-@click.option("--since", default="1h", show_default=True, help="Runs started since: 30m, 24h, 7d or an ISO time.")
+@click.option("--since", default=None, help="Runs started since: 30m, 24h, 7d or an ISO time (default 1h).")
 @click.option("--workspace", "-w", type=WORKSPACE, help="Only this workspace (default: all).")
-@click.option("--run", "run_ids", multiple=True, help="Only this run (or trace) id; repeatable. Ignores --since.")
+@click.option("--run", "run_ids", multiple=True, help="Only this run (or trace) id; repeatable (not with --since).")
 @click.option("--pending-only", is_flag=True, help="Only runs whose Langfuse delivery is not done (pending, "
               "retrying, in flight or parked).")
 @click.option("--json", "as_json", is_flag=True)
-def resend_command(since: str, workspace: str | None, run_ids: tuple[str, ...], pending_only: bool,
+def resend_command(since: str | None, workspace: str | None, run_ids: tuple[str, ...], pending_only: bool,
                    as_json: bool) -> None:
     """Re-export recorded runs to Langfuse now (same ids: Langfuse updates, not duplicates)."""
     from synthhost.cli.context import cli_host
     from synthhost.traces import parse_since
 
+    if run_ids and since is not None:
+        raise UsageError("--run and --since: choose one (--run picks runs by id, whenever they ran)")
     try:
-        since_dt = None if run_ids else parse_since(since)
+        since_dt = None if run_ids else parse_since(since or "1h")
     except ValueError:
         raise UsageError(f"--since {since!r}: use 30m, 24h, 7d or an ISO time") from None
     with cli_host() as host:
