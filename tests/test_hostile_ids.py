@@ -34,3 +34,22 @@ async def test_a_runs_trace_and_span_ids_are_not_derived_from_its_run_id(make_ho
     for i, a in enumerate(ids):
         for b in ids[i + 1:]:
             assert abs(a - b) > 1 << 64
+
+
+def test_a_forked_child_never_repeats_its_parents_ids() -> None:
+    import os
+
+    new_id()  # the parent has a buffer of random hex
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.close(read)
+        os.write(write, "".join(new_id() for _ in range(8)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        child = fh.read()
+    os.waitpid(pid, 0)
+    parent = "".join(new_id() for _ in range(8))
+    child_ids = {child[i:i + 32] for i in range(0, len(child), 32)}
+    assert len(child_ids) == 8 and not child_ids & {parent[i:i + 32] for i in range(0, len(parent), 32)}
