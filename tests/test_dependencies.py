@@ -82,6 +82,7 @@ def test_private_internals_we_rely_on_are_bounded_and_present() -> None:
         "plugins/cost/pyproject.toml": "genai-prices",
         "plugins/langfuse/pyproject.toml": "langfuse",
         "plugins/policy/pyproject.toml": "common-expression-language",
+        "plugins/ratelimit/pyproject.toml": "redis",  # the limiter drives redis-py connections itself
     }
     for path, dist in bounded.items():
         deps = tomllib.loads((ROOT / path).read_text())["project"]["dependencies"]
@@ -142,3 +143,11 @@ async def test_module_scoped_async_fixture(shared):
     result = tester.runpytest_subprocess()  # entry points load synthhost.testing and anyio
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) >= 1 and not outcomes.get("failed") and not outcomes.get("errors"), outcomes
+
+
+def test_mypy_checks_the_tests_too() -> None:
+    """mypy's file list covers the host, the plugins and every test directory (named by
+    path, since each has its own conftest.py)."""
+    mypy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert {"tests", "plugins/*/tests", "conftest.py"} <= set(mypy["files"])
+    assert mypy["explicit_package_bases"] is True

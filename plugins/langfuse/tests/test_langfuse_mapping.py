@@ -206,3 +206,16 @@ def test_langfuse_cost_split_follows_the_cost_plugin() -> None:
     assert cost_details({"cost_usd": "0.0060", "cost": figures}) == {"total": 0.006}
     assert cost_details({"cost": figures}) is None
     assert cost_details({"cost_usd": "n/a"}) is None
+
+
+def test_langfuse_cancelled_is_a_warning_not_an_error(make_trace: MakeTrace) -> None:
+    """SIGTERM or Ctrl-C is not a failure of the model: the run and the call in flight are
+    WARNING with the CANCELLED code, never ERROR."""
+    trace = make_trace(status="cancelled", error_code="CANCELLED", error_message="run cancelled")
+    call = trace.spans[2]
+    call.status, call.error_code, call.error_message = "cancelled", "CANCELLED", "call cancelled"
+    obs = by_name(plan_trace(trace, Redactor()))
+    gen = obs["openai/gpt-4o-mini"].fields
+    assert gen["level"] == "WARNING" and gen["status_message"] == "CANCELLED: call cancelled"
+    root = obs["summarise"].fields
+    assert root["level"] == "WARNING" and root["metadata"]["status"] == "cancelled"
