@@ -108,9 +108,11 @@ class WorkspaceLibrary:
             self.index = VectorIndex(int(vector.shape[-1]), exact_limit=self.exact_limit)
         elif self.index.dim != vector.shape[-1]:
             return False
+        # Index first: a reader that sees the id (searches take no lock) must also find
+        # the vector (a race a loaded CI machine hit between these lines).
+        self.index.add(vector, ref)
         self.ids.add(ref.id)
         self.hashes.add(text_hash)
-        self.index.add(vector, ref)
         return True
 
     def replace(self, fresh: WorkspaceLibrary, epoch: int) -> None:
