@@ -21,6 +21,7 @@ thread itself. One transaction takes at most ``10 x max_batch`` rows.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
@@ -239,17 +240,27 @@ class BatchedWriter:
         self.stats["commits"] += 1
 
     def _write(self, batch: list[tuple[int, _Item]]) -> None:
-        groups: dict[tuple[sa.Table, tuple[str, ...] | None], list[dict[str, Any]]] = defaultdict(list)
+        inserts: dict[sa.Table, list[dict[str, Any]]] = defaultdict(list)
+        # Upserts keep their submission order (a run's "running" row must not overwrite
+        # its final one); consecutive rows of one shape share an executemany.
+        upserts: list[tuple[Any, list[dict[str, Any]]]] = []
+        dialect = self.engine.dialect.name
         for _, (table, values, upsert_on) in batch:
             transform = self.transforms.get(table.name)
-            groups[(table, upsert_on)].append(transform(values) if transform else values)
+            values = transform(values) if transform else values
+            if upsert_on is None:
+                inserts[table].append(values)
+                continue
+            stmt = _upsert_statement(dialect, table, upsert_on, tuple(values))
+            if upserts and upserts[-1][0] is stmt:
+                upserts[-1][1].append(values)
+            else:
+                upserts.append((stmt, [values]))
         with self.engine.begin() as conn:
-            for (table, upsert_on), rows in groups.items():
-                if upsert_on is None:
-                    conn.execute(table.insert(), rows)
-                else:
-                    for values in rows:  # upserts are rare (run rows): keep them simple
-                        conn.execute(self._upsert(conn, table, values, upsert_on))
+            for table, rows in inserts.items():
+                conn.execute(table.insert(), rows)
+            for stmt, rows in upserts:
+                conn.execute(stmt, rows)
         if self.on_commit is not None:
             self.on_commit([item for _, item in batch])
 
@@ -262,14 +273,19 @@ class BatchedWriter:
                     if upsert_on is None:
                         conn.execute(table.insert(), [values])
                     else:
-                        conn.execute(self._upsert(conn, table, values, upsert_on))
+                        conn.execute(_upsert_statement(conn.dialect.name, table, upsert_on, tuple(values)), [values])
             except Exception as exc:
                 self.stats["rows_rejected"] += 1
                 log.error("row rejected by %s: %s", table.name, exc)
 
-    @staticmethod
-    def _upsert(conn: sa.Connection, table: sa.Table, values: dict[str, Any], keys: tuple[str, ...]) -> Any:
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(table).values(**values)
-        update = {k: stmt.excluded[k] for k in values if k not in keys}
-        return stmt.on_conflict_do_update(index_elements=list(keys), set_=update)
+
+@functools.lru_cache(maxsize=1024)
+def _upsert_statement(dialect: str, table: sa.Table, keys: tuple[str, ...], columns: tuple[str, ...]) -> Any:
+    """``INSERT .. ON CONFLICT (keys) DO UPDATE`` for rows with these columns, built once:
+    building ``excluded`` copies every column of the table (it was a quarter of the
+    writer thread's time, and the writer competes with calls for the GIL)."""
+    stmt = (postgresql if dialect == "postgresql" else sqlite).insert(table)
+    update = {k: stmt.excluded[k] for k in columns if k not in keys}
+    if not update:
+        return stmt.on_conflict_do_nothing(index_elements=list(keys))
+    return stmt.on_conflict_do_update(index_elements=list(keys), set_=update)
