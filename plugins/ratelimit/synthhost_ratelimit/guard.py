@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from synthhost_ratelimit.limits import Decision, Limiter, ScopeCheck
+from synthhost_ratelimit.limits import Decision, Held, Limiter, ScopeCheck
 from synthhost_ratelimit.local import LocalLimiter
 
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
@@ -77,23 +77,23 @@ class Guarded:
         return decision, self.primary
 
     async def settle(self, backend: Limiter | None, checks: Sequence[ScopeCheck], member: str,
-                     old: int, new: int) -> int:
+                     old: int, new: int, held: Held = ()) -> int:
         if backend is None:
             return 0
         if backend is self.primary and self.down_since is not None:
-            return 0  # the estimate stays; it leaves the window on its own
+            return 0  # the estimate stays; it drains on its own
         try:
-            return await backend.settle(checks, member, old, new)
+            return await backend.settle(checks, member, old, new, held)
         except BACKEND_ERRORS as exc:
             self._failed(exc)
             return 0
 
     async def release(self, backend: Limiter | None, checks: Sequence[ScopeCheck], member: str,
-                      weight: int) -> int:
+                      weight: int, held: Held = ()) -> int:
         if backend is None or (backend is self.primary and self.down_since is not None):
             return 0
         try:
-            return await backend.release(checks, member, weight)
+            return await backend.release(checks, member, weight, held)
         except BACKEND_ERRORS as exc:
             self._failed(exc)
             return 0

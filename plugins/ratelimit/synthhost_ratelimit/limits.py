@@ -2,6 +2,12 @@
 
 Both backends (Redis Lua and in process) take the same inputs and give the same
 :class:`Decision`, to the microsecond: times are integer microseconds throughout.
+
+The algorithm is GCRA (a leaky bucket kept as one small state per scope): a limit of N
+per window W drains at N/W and holds at most N, so a call fits when the bucket's level
+plus its cost stays within N. Levels are kept in integer *units* so the arithmetic is
+exact: one call costs ``C = W / gcd(N, W)`` units, the bucket drains ``D = N / gcd(N, W)``
+units per microsecond and holds ``N * C`` units (full after ``W`` of idling).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from math import gcd
 from typing import Literal, Protocol
 from urllib.parse import quote
 
@@ -24,13 +31,17 @@ UNLIMITED = -1
 NEVER = -1
 """``retry_us`` when waiting cannot help (a limit of 0, or one call bigger than the limit)."""
 
+MARKER_TTL_S = 5.0
+"""How long a reservation's marker lives (after its acquire, and again after its
+correction): long enough for the wire's immediate retry after a lost reply, no longer."""
+
 Kind = Literal["requests", "tokens", "unavailable"]
 
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    """One scope's limits: at most ``requests`` calls and ``tokens`` tokens in any
-    ``window_s`` seconds (sliding). ``None`` means unlimited."""
+    """One scope's limits: ``requests`` calls and ``tokens`` tokens per ``window_s``
+    seconds, as a rate with bursts up to the limit (GCRA). ``None`` means unlimited."""
 
     requests: int | None = None
     tokens: int | None = None
@@ -56,6 +67,17 @@ DEFAULT_LIMITS: Mapping[str, Limit] = {
     "workspace": Limit(requests=500),
     "org": Limit(requests=1000),
 }
+
+
+@lru_cache(maxsize=65536)
+def units(limit: int, window_us: int) -> tuple[int, int]:
+    """``(C, D)`` of a limit: the units one call (or token) costs and the units the
+    bucket drains per microsecond, the reduced fraction ``W / N``. ``(0, 0)`` for a
+    limit of 0 or unlimited (nothing to drain)."""
+    if limit <= 0:
+        return 0, 0
+    g = gcd(limit, window_us)
+    return window_us // g, limit // g
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +106,11 @@ class ScopeCheck:
 class Decision:
     """The answer for one call. On refusal, ``scope``/``kind``/``limit`` name the scope
     that must wait longest and ``retry_us`` how long (``NEVER`` if waiting cannot help).
-    ``usage`` is ``(requests, tokens)`` per checked scope, after the decision (tokens
-    -1 where the scope has no token limit: Redis keeps no running sum there)."""
+    ``usage`` is ``(requests, tokens)`` in use per checked scope after the decision
+    (levels rounded up to whole calls and tokens; tokens -1 where the check has no token
+    limit). ``held`` (admitted calls only) is per scope ``(time, request level, token
+    level)`` right after this call was charged: where its reservation sits in each bucket,
+    so that a refund never gives back more than what of it has not drained yet."""
 
     allowed: bool
     now_us: int = 0
@@ -97,6 +122,7 @@ class Decision:
     usage: tuple[tuple[int, int], ...] = ()
     degraded: bool = False
     duplicate: bool = False
+    held: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def retry_after(self) -> float | None:
@@ -123,15 +149,22 @@ def refused(checks: Sequence[ScopeCheck], now: int, index: int, kind: int, retry
     )
 
 
+Held = Sequence[tuple[int, int, int]]
+"""A reservation's :attr:`Decision.held`; empty when unknown (the refund is then only
+floored at an empty bucket)."""
+
+
 class Limiter(Protocol):
     """What both backends offer. ``member`` identifies one reservation (unique per call
-    attempt); ``weight`` is its token charge."""
+    attempt); ``weight`` is its token charge; ``held`` what its acquire returned."""
 
     async def acquire(self, checks: Sequence[ScopeCheck], member: str, weight: int) -> Decision: ...
 
-    async def settle(self, checks: Sequence[ScopeCheck], member: str, old: int, new: int) -> int: ...
+    async def settle(self, checks: Sequence[ScopeCheck], member: str, old: int, new: int,
+                     held: Held = ()) -> int: ...
 
-    async def release(self, checks: Sequence[ScopeCheck], member: str, weight: int) -> int: ...
+    async def release(self, checks: Sequence[ScopeCheck], member: str, weight: int,
+                      held: Held = ()) -> int: ...
 
     async def usage(self, checks: Sequence[ScopeCheck]) -> list[tuple[int, int]]: ...
 

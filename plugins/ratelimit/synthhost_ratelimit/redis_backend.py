@@ -1,11 +1,16 @@
 """The Redis backend: one Lua script decides and charges every scope of a call in one
-round trip, so concurrent callers on any number of hosts see one consistent log.
+round trip, so concurrent callers on any number of hosts see one consistent state.
 
-Per scope two keys: ``<prefix>:<key>:z``, a sorted set with one member
-``<reservation id>:<token weight>`` per admitted call, scored by its admission time in
-microseconds, and ``<prefix>:<key>:s``, the running token sum of the members. Both
-carry a TTL of one window, refreshed on each charge. Time is Redis' ``TIME`` (so every
-host agrees) unless a test clock passes ``now``.
+Per scope one string key ``<prefix>:<key>:g``: the scope's GCRA buckets (see
+:mod:`synthhost_ratelimit.limits`) as ``t,r,rc,rd,k,kc,kd``: at time ``t`` (µs) the
+request level ``r`` in units ``(rc, rd)`` and the token level ``k`` in units ``(kc, kd)``.
+A few dozen bytes whatever the rate; PX until one window after the buckets are empty.
+Per reservation a marker ``<prefix>:m:<reservation>`` lives ``MARKER_TTL_S`` (5 s) after
+its acquire and after its correction, so a retried script is not applied twice.
+Time is Redis' ``TIME`` (so every host agrees) unless a test clock passes ``now``.
+
+The scripts do the in-process twin's (:mod:`synthhost_ratelimit.local`) double
+operations in the same order: both give identical decisions.
 
 Redis Cluster: every key of one decision must live in one slot; put a hash tag in the
 prefix (``SYNTHHOST_RATELIMIT_PREFIX={rl}``).
@@ -22,13 +27,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError, NoScriptError
 
-from synthhost_ratelimit.limits import Decision, ScopeCheck, refused
+from synthhost_ratelimit.limits import MARKER_TTL_S, Decision, Held, ScopeCheck, refused, units
 
-# Shared helpers, prepended to every script.
+# Shared helpers, prepended to every script (each is local.py's function of that name).
 _LIB = """
-local function weight(m)
-  return tonumber(string.match(m, ':(%-?%d+)$')) or 0
-end
 local function clock(arg)
   if arg == '' then
     local t = redis.call('TIME')
@@ -36,190 +38,216 @@ local function clock(arg)
   end
   return tonumber(arg)
 end
-local function int(x) return string.format('%d', x) end
+local function num(x) return string.format('%.17g', x) end
+local function ceil_div(x, d)
+  local q = math.ceil(x / d)
+  if q * d < x then q = q + 1 elseif (q - 1) * d >= x then q = q - 1 end
+  return q
+end
+local function adopt(l, c, d, cc, dd)
+  if c == 0 then return 0, cc, dd end
+  if c == cc and d == dd then return l, c, d end
+  return ceil_div(l * dd, d), cc, dd
+end
+-- the bucket drained to e (now, or its own time if the clock stepped back)
+local function view(key, now)
+  local v = redis.call('GET', key)
+  if not v then return now, 0, 0, 0, 0, 0, 0 end
+  local s = {}
+  for x in string.gmatch(v, '[^,]+') do s[#s + 1] = tonumber(x) end
+  local t, r, rc, rd, k, kc, kd = s[1], s[2], s[3], s[4], s[5], s[6], s[7]
+  local e = now
+  if not (now > t) then e = t end
+  local el = e - t
+  if rc > 0 then
+    r = r - el * rd
+    if r <= 0 then r, rc, rd = 0, 0, 0 end
+  end
+  if kc > 0 then
+    k = k - el * kd
+    if k <= 0 then k, kc, kd = 0, 0, 0 end
+  end
+  return e, r, rc, rd, k, kc, kd
+end
+local function store(key, now, e, r, rc, rd, k, kc, kd, win)
+  local tte = 0
+  if rd > 0 then tte = r / rd end
+  if kd > 0 and k / kd > tte then tte = k / kd end
+  local px = math.max(1, math.ceil(((e - now) + tte + win) / 1000))
+  redis.call('SET', key, num(e) .. ',' .. num(r) .. ',' .. num(rc) .. ',' .. num(rd) .. ',' ..
+             num(k) .. ',' .. num(kc) .. ',' .. num(kd), 'PX', string.format('%d', px))
+end
+local function usage(r, rc, k, kc, tl)
+  local req = 0
+  if rc > 0 then req = ceil_div(r, rc) end
+  if tl < 0 then return req, -1 end
+  if kc > 0 then return req, ceil_div(k, kc) end
+  return req, 0
+end
+-- a marker: 'a' (admitted) or 'd' (corrected), then its expiry in µs; nil when expired
+local function marker(key, now)
+  local v = redis.call('GET', key)
+  if v and tonumber(string.sub(v, 2)) > now then return string.sub(v, 1, 1) end
+  return nil
+end
+local function set_marker(key, tag, now, ttl)
+  redis.call('SET', key, tag .. num(now + ttl), 'PX', string.format('%d', math.max(1, math.ceil(ttl / 1000))))
+end
 """
 
-# KEYS: per scope i: KEYS[2i-1] sorted-set log, KEYS[2i] token sum.
-# ARGV: now µs ('' = Redis TIME), reservation id, token weight,
-#       then per scope: window µs, max requests (-1 = unlimited), max tokens (-1).
+# KEYS: the reservation's marker, then one bucket key per scope.
+# ARGV: now µs ('' = Redis TIME), token weight, marker TTL µs,
+#       then per scope: window µs, max requests (-1 = unlimited), its units C and D,
+#       max tokens (-1), its units C and D.
 # Returns, comma-joined in one string (a bulk reply is much cheaper to parse than an
-# array): 1,now,0,0,0,usage... admitted; 2,now already admitted (same id);
+# array): 1,now,0,0,0,usage...,held... admitted; 2,now already admitted (same id);
 #         0,now,scope index,kind (1 requests, 2 tokens),retry µs (-1 never),usage...
-# usage: (requests, tokens) per scope; tokens -1 where this call's limits on the scope
-# have no token limit.
+# usage: (requests, tokens) in use per scope; tokens -1 where the check has no token
+# limit. held: (time, request level, token level) per scope after the charge.
 ACQUIRE = _LIB + """
 local now = clock(ARGV[1])
-local w = tonumber(ARGV[3])
-local member = ARGV[2] .. ':' .. ARGV[3]
-local n = #KEYS / 2
-if n > 0 and redis.call('ZSCORE', KEYS[1], member) then
-  return '2,' .. int(now)
-end
-local usage, tracks = {}, {}
+local w = tonumber(ARGV[2])
+if marker(KEYS[1], now) then return '2,' .. num(now) end
+local n = #KEYS - 1
+local st, use = {}, {}
 local best_i, best_kind, best_retry = 0, 0, nil
 for i = 1, n do
-  local z, s = KEYS[2 * i - 1], KEYS[2 * i]
-  local b = 3 + 3 * (i - 1)
-  local win, rl, tl = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
-  local cut = int(now - win)
-  local c, sum
-  -- The running token sum is kept while the key exists: created by a scope with a token
-  -- limit, kept exact by every call that finds it (even where this workspace's limits
-  -- have no token limit on the shared counter), gone with its TTL when unused.
-  local tracked = tl >= 0 or redis.call('EXISTS', s) == 1
-  -- 1. forget what left the window (entries with score <= now - window)
-  if not tracked then
-    redis.call('ZREMRANGEBYSCORE', z, '-inf', cut)
-    c = redis.call('ZCARD', z)
-    sum = -1
-  else
-    local gone = redis.call('ZRANGEBYSCORE', z, '-inf', cut)
-    if #gone > 0 then redis.call('ZREMRANGEBYSCORE', z, '-inf', cut) end
-    c = redis.call('ZCARD', z)
-    sum = redis.call('GET', s)
-    if sum then
-      sum = tonumber(sum)
-      if #gone > 0 then
-        local d = 0
-        for _, m in ipairs(gone) do d = d + weight(m) end
-        if d ~= 0 then sum = redis.call('DECRBY', s, d) end
-      end
-    else
-      -- no sum yet (new key, token limit just set, or evicted): rebuild it from the log
-      -- (members always carry their weight)
-      sum = 0
-      if c > 0 then
-        for _, m in ipairs(redis.call('ZRANGE', z, 0, -1)) do sum = sum + weight(m) end
-        redis.call('SET', s, int(sum), 'PX', math.max(1, redis.call('PTTL', z)))
-      end
-    end
-  end
-  -- 2. would this call fit?  retry = when the oldest entry that must go expires
+  local b = 3 + 7 * (i - 1)
+  local rl, tl = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 5])
+  local e, r, rc, rd, k, kc, kd = view(KEYS[i + 1], now)
   local retry, kind = nil, 0
-  if rl >= 0 and c + 1 > rl then
-    kind = 1
-    if rl == 0 then
-      retry = math.huge
-    else
-      local e = redis.call('ZRANGE', z, c - rl, c - rl, 'WITHSCORES')
-      retry = tonumber(e[2]) + win - now
-    end
+  if rl == 0 then
+    retry, kind = math.huge, 1
+  elseif rl > 0 then
+    r, rc, rd = adopt(r, rc, rd, tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]))
+    local x = r + rc - rl * rc
+    if x > 0 then retry, kind = (e - now) + ceil_div(x, rd), 1 end
   end
-  if tl >= 0 and sum + w > tl then
-    local r = nil
+  local tr = nil
+  if tl == 0 then
+    if w > 0 then tr = math.huge end
+  elseif tl > 0 then
+    k, kc, kd = adopt(k, kc, kd, tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7]))
     if w > tl then
-      r = math.huge
+      tr = math.huge
     else
-      local need, acc, start = sum + w - tl, 0, 0
-      while r == nil do
-        local page = redis.call('ZRANGE', z, start, start + 255, 'WITHSCORES')
-        if #page == 0 then break end
-        for j = 1, #page, 2 do
-          acc = acc + weight(page[j])
-          if acc >= need then
-            r = tonumber(page[j + 1]) + win - now
-            break
-          end
-        end
-        start = start + 256
-      end
-      if r == nil then
-        -- the sum had drifted above the log: repair it; the call then fits
-        sum = acc
-        redis.call('SET', s, int(sum), 'KEEPTTL')
-      end
+      local x = k + w * kc - tl * kc
+      if x > 0 then tr = (e - now) + ceil_div(x, kd) end
     end
-    if r ~= nil and (retry == nil or r > retry) then retry, kind = r, 2 end
   end
+  if tr ~= nil and (retry == nil or tr > retry) then retry, kind = tr, 2 end
   if retry ~= nil and (best_retry == nil or retry > best_retry) then
     best_i, best_kind, best_retry = i, kind, retry
   end
-  usage[2 * i - 1] = c
-  usage[2 * i] = sum
-  tracks[i] = tl >= 0
+  st[i] = {e, r, rc, rd, k, kc, kd}
+  local ur, ut = usage(r, rc, k, kc, tl)
+  use[#use + 1] = num(ur)
+  use[#use + 1] = num(ut)
 end
 if best_retry ~= nil then
   if best_retry == math.huge then best_retry = -1 end
-  local out = {0, int(now), best_i, best_kind, int(best_retry)}
-  for i = 1, n do
-    out[#out + 1] = usage[2 * i - 1]
-    out[#out + 1] = tracks[i] and int(usage[2 * i]) or -1
-  end
-  return table.concat(out, ',')
+  return '0,' .. num(now) .. ',' .. best_i .. ',' .. best_kind .. ',' .. num(best_retry) ..
+         (n > 0 and (',' .. table.concat(use, ',')) or '')
 end
--- 3. every scope admits: charge them all
-local score = int(now)
-local out = {1, score, 0, 0, 0}
+-- every scope admits: charge them all
+local out, held = {'1', num(now), '0', '0', '0'}, {}
 for i = 1, n do
-  local z, s = KEYS[2 * i - 1], KEYS[2 * i]
-  local ttl = math.ceil(tonumber(ARGV[3 + 3 * (i - 1) + 1]) / 1000)
-  local c, sum = usage[2 * i - 1] + 1, usage[2 * i]
-  redis.call('ZADD', z, score, member)
-  redis.call('PEXPIRE', z, ttl)
-  if sum >= 0 then
-    sum = sum + w
-    redis.call('SET', s, int(sum), 'PX', ttl)
+  local b = 3 + 7 * (i - 1)
+  local e, r, rc, rd, k, kc, kd = unpack(st[i])
+  if rc > 0 then r = r + rc end
+  if kc > 0 then k = k + w * kc end
+  if rc > 0 or kc > 0 then store(KEYS[i + 1], now, e, r, rc, rd, k, kc, kd, tonumber(ARGV[b + 1])) end
+  local ur, ut = usage(r, rc, k, kc, tonumber(ARGV[b + 5]))
+  out[#out + 1] = num(ur)
+  out[#out + 1] = num(ut)
+  held[#held + 1] = num(e) .. ',' .. num(r) .. ',' .. num(k)
+end
+set_marker(KEYS[1], 'a', now, tonumber(ARGV[3]))
+if n > 0 then out[#out + 1] = table.concat(held, ',') end
+return table.concat(out, ',')
+"""
+
+# A correction (settle) or take-back (release). KEYS as ACQUIRE.
+# ARGV: now, requests to refund (0 or 1), tokens to refund (negative: to charge), marker
+#       TTL µs, then per scope the 7 limit figures of ACQUIRE and the reservation's held
+#       time, request level, token level (time -1: unknown, refund only floored at 0).
+# Returns how many scopes it applied to; 0 for a reservation already corrected.
+REFUND = _LIB + """
+local now = clock(ARGV[1])
+if marker(KEYS[1], now) == 'd' then return 0 end
+local dr, dk = tonumber(ARGV[2]), tonumber(ARGV[3])
+local fixed = 0
+for i = 1, #KEYS - 1 do
+  local b = 4 + 10 * (i - 1)
+  local e, r, rc, rd, k, kc, kd = view(KEYS[i + 1], now)
+  if tonumber(ARGV[b + 2]) > 0 then
+    r, rc, rd = adopt(r, rc, rd, tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]))
   end
-  out[#out + 1] = c
-  out[#out + 1] = tracks[i] and int(sum) or -1
+  if tonumber(ARGV[b + 5]) > 0 then
+    k, kc, kd = adopt(k, kc, kd, tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7]))
+  end
+  local tx, rx, kx = tonumber(ARGV[b + 8]), tonumber(ARGV[b + 9]), tonumber(ARGV[b + 10])
+  local touched, changed = false, false
+  if dr > 0 and rc > 0 then
+    touched = true
+    local amt = dr * rc
+    if tx >= 0 then
+      local room = rx - (e - tx) * rd
+      if room < amt then amt = room end
+    end
+    if amt > 0 then
+      r = r - amt
+      if r < 0 then r = 0 end
+      changed = true
+    end
+  end
+  if dk ~= 0 and kc > 0 then
+    touched = true
+    local amt = dk * kc
+    if amt > 0 then
+      if tx >= 0 then
+        local room = kx - (e - tx) * kd
+        if room < amt then amt = room end
+      end
+      if amt > 0 then
+        k = k - amt
+        if k < 0 then k = 0 end
+        changed = true
+      end
+    else
+      k = k - amt
+      changed = true
+    end
+  end
+  if touched then fixed = fixed + 1 end
+  if changed then store(KEYS[i + 1], now, e, r, rc, rd, k, kc, kd, tonumber(ARGV[b + 1])) end
+end
+set_marker(KEYS[1], 'd', now, tonumber(ARGV[4]))
+return fixed
+"""
+
+# Read-only: requests and tokens in use now. KEYS: bucket per scope; ARGV: now.
+USAGE = _LIB + """
+local now = clock(ARGV[1])
+local out = {num(now)}
+for i = 1, #KEYS do
+  local _, r, rc, _, k, kc = view(KEYS[i], now)
+  local ur, ut = usage(r, rc, k, kc, 0)
+  out[#out + 1] = num(ur)
+  out[#out + 1] = num(ut)
 end
 return table.concat(out, ',')
 """
 
-# KEYS as ACQUIRE; ARGV: reservation id, old weight, new weight. Returns how many scopes
-# held the reservation (and were corrected). Idempotent: the old member is gone after.
-SETTLE = """
-local old_m = ARGV[1] .. ':' .. ARGV[2]
-local new_m = ARGV[1] .. ':' .. ARGV[3]
-if old_m == new_m then return 0 end
-local d = tonumber(ARGV[3]) - tonumber(ARGV[2])
-local fixed = 0
-for i = 1, #KEYS / 2 do
-  local z, s = KEYS[2 * i - 1], KEYS[2 * i]
-  local score = redis.call('ZSCORE', z, old_m)
-  if score then
-    redis.call('ZREM', z, old_m)
-    redis.call('ZADD', z, score, new_m)
-    if redis.call('EXISTS', s) == 1 then redis.call('INCRBY', s, d) end
-    fixed = fixed + 1
-  end
-end
-return fixed
-"""
 
-# KEYS as ACQUIRE; ARGV: reservation id, weight. Takes a reservation back entirely (the
-# call never reached a provider). Returns how many scopes held it; idempotent.
-RELEASE = """
-local m = ARGV[1] .. ':' .. ARGV[2]
-local w = tonumber(ARGV[2])
-local fixed = 0
-for i = 1, #KEYS / 2 do
-  local z, s = KEYS[2 * i - 1], KEYS[2 * i]
-  if redis.call('ZREM', z, m) == 1 then
-    if w ~= 0 and redis.call('EXISTS', s) == 1 then redis.call('DECRBY', s, w) end
-    fixed = fixed + 1
-  end
-end
-return fixed
-"""
-
-# Read-only: usage in the window now. KEYS as ACQUIRE; ARGV: now, then window per scope.
-USAGE = _LIB + """
-local now = clock(ARGV[1])
-local out = {now}
-for i = 1, #KEYS / 2 do
-  local live = redis.call('ZRANGEBYSCORE', KEYS[2 * i - 1], '(' .. int(now - tonumber(ARGV[i + 1])), '+inf')
-  local sum = 0
-  for _, m in ipairs(live) do sum = sum + weight(m) end
-  out[#out + 1] = #live
-  out[#out + 1] = sum
-end
-return out
-"""
+def _pairs(flat: Sequence[bytes], start: int, stop: int) -> tuple[tuple[int, int], ...]:
+    return tuple((int(flat[i]), int(flat[i + 1])) for i in range(start, stop, 2))
 
 
-def _pairs(flat: Sequence[Any], start: int) -> tuple[tuple[int, int], ...]:
-    return tuple((int(flat[i]), int(flat[i + 1])) for i in range(start, len(flat), 2))
+def _held(flat: Sequence[bytes], start: int) -> tuple[tuple[int, int, int], ...]:
+    # levels are whole numbers, printed with %.17g: exponent notation past 1e17
+    return tuple((int(float(flat[i])), int(float(flat[i + 1])), int(float(flat[i + 2])))
+                 for i in range(start, len(flat), 3))
 
 
 # -- the wire ---------------------------------------------------------------------------
@@ -237,13 +265,12 @@ _EVALSHA = _bulk(b"EVALSHA")
 
 
 @lru_cache(maxsize=65536)
-def _encode_check(prefix: str, check: ScopeCheck) -> tuple[bytes, bytes, bytes]:
-    """(keys, acquire limits, usage window) of one scope, RESP-encoded."""
-    base = f"{prefix}:{check.key}:".encode()
-    keys = _bulk(base + b"z") + _bulk(base + b"s")
-    limits = (_bulk(b"%d" % check.window_us) + _bulk(b"%d" % check.requests)
-              + _bulk(b"%d" % check.tokens))
-    return keys, limits, _bulk(b"%d" % check.window_us)
+def _encode_check(prefix: str, check: ScopeCheck) -> tuple[bytes, bytes]:
+    """(bucket key, the 7 limit figures) of one scope, RESP-encoded."""
+    rc, rd = units(check.requests, check.window_us)
+    tc, td = units(check.tokens, check.window_us)
+    figures = (check.window_us, check.requests, rc, rd, check.tokens, tc, td)
+    return _bulk(f"{prefix}:{check.key}:g".encode()), b"".join(_bulk(b"%d" % f) for f in figures)
 
 
 class _Script:
@@ -389,7 +416,7 @@ class _SyncWire:
 
 
 class RedisLimiter:
-    """Sliding-window log on Redis. ``clock`` (µs) replaces Redis' ``TIME`` in tests.
+    """GCRA buckets on Redis. ``clock`` (µs) replaces Redis' ``TIME`` in tests.
 
     On asyncio the calls go through redis.asyncio connections; under another event loop
     (trio) through redis-py's blocking client in a worker thread (``url`` needed)."""
@@ -398,7 +425,7 @@ class RedisLimiter:
 
     def __init__(self, client: aioredis.Redis, prefix: str = "synthhost:rl",
                  clock: Callable[[], int] | None = None, *, url: str | None = None,
-                 timeout_s: float = 0.25, pool_size: int = 16) -> None:
+                 timeout_s: float = 0.25, pool_size: int = 16, marker_ttl_s: float = MARKER_TTL_S) -> None:
         self.client = client
         self.prefix = prefix
         self._clock = clock
@@ -406,9 +433,9 @@ class RedisLimiter:
         self._wire = _Wire(client, pool_size, wait_s=max(1.0, 4 * timeout_s))
         self._url, self._timeout_s = url, timeout_s
         self._sync_wire: _SyncWire | None = None
+        self._marker_ttl = _bulk(b"%d" % round(marker_ttl_s * 1_000_000))
         self._acquire = _Script(ACQUIRE)
-        self._settle = _Script(SETTLE)
-        self._release = _Script(RELEASE)
+        self._refund = _Script(REFUND)
         self._usage = _Script(USAGE)
 
     async def _call(self, script: _Script, payload: bytes) -> Any:
@@ -421,12 +448,11 @@ class RedisLimiter:
         return await self._sync_wire.call(script, payload)
 
     def keys_for(self, checks: Sequence[ScopeCheck]) -> list[str]:
-        p = self.prefix
-        keys: list[str] = []
-        for c in checks:
-            keys.append(f"{p}:{c.key}:z")
-            keys.append(f"{p}:{c.key}:s")
-        return keys
+        """The bucket keys of these scopes (one per scope)."""
+        return [f"{self.prefix}:{c.key}:g" for c in checks]
+
+    def marker_key(self, member: str) -> str:
+        return f"{self.prefix}:m:{member}"
 
     def _now(self) -> bytes:
         return _bulk(b"") if self._clock is None else _bulk(b"%d" % self._clock())
@@ -435,55 +461,61 @@ class RedisLimiter:
         encoded = [_encode_check(self.prefix, c) for c in checks]
         n = len(checks)
         payload = b"".join((
-            b"*%d\r\n" % (3 + 2 * n + 3 + 3 * n), self._acquire.head, _bulk(b"%d" % (2 * n)),
-            *(e[0] for e in encoded),
-            self._now(), _bulk(member.encode()), _bulk(b"%d" % weight),
+            b"*%d\r\n" % (3 + 1 + n + 3 + 7 * n), self._acquire.head, _bulk(b"%d" % (1 + n)),
+            _bulk(self.marker_key(member).encode()), *(e[0] for e in encoded),
+            self._now(), _bulk(b"%d" % weight), self._marker_ttl,
             *(e[1] for e in encoded),
         ))
         out = (await self._call(self._acquire, payload)).split(b",")
         status, now = int(out[0]), int(out[1])
         if status == 1:
-            return Decision(True, now, usage=_pairs(out, 5))
+            return Decision(True, now, usage=_pairs(out, 5, 5 + 2 * n), held=_held(out, 5 + 2 * n))
         if status == 2:
             return Decision(True, now, duplicate=True)
-        return refused(checks, now, int(out[2]), int(out[3]), int(out[4]), _pairs(out, 5))
+        return refused(checks, now, int(out[2]), int(out[3]), int(out[4]), _pairs(out, 5, len(out)))
 
-    def _simple(self, script: _Script, checks: Sequence[ScopeCheck], args: Sequence[bytes]) -> bytes:
+    async def _refund_call(self, checks: Sequence[ScopeCheck], member: str, dr: int, dk: int,
+                           held: Held) -> int:
         n = len(checks)
-        return b"".join((
-            b"*%d\r\n" % (3 + 2 * n + len(args)), script.head, _bulk(b"%d" % (2 * n)),
-            *(_encode_check(self.prefix, c)[0] for c in checks),
-            *(_bulk(a) for a in args),
+        scopes = []
+        for i, c in enumerate(checks):
+            t, r, k = held[i] if i < len(held) else (-1, 0, 0)
+            scopes.append(_encode_check(self.prefix, c)[1] + _bulk(b"%d" % t) + _bulk(b"%d" % r)
+                          + _bulk(b"%d" % k))
+        payload = b"".join((
+            b"*%d\r\n" % (3 + 1 + n + 4 + 10 * n), self._refund.head, _bulk(b"%d" % (1 + n)),
+            _bulk(self.marker_key(member).encode()), *(_encode_check(self.prefix, c)[0] for c in checks),
+            self._now(), _bulk(b"%d" % dr), _bulk(b"%d" % dk), self._marker_ttl, *scopes,
         ))
+        return int(await self._call(self._refund, payload))
 
-    async def settle(self, checks: Sequence[ScopeCheck], member: str, old: int, new: int) -> int:
+    async def settle(self, checks: Sequence[ScopeCheck], member: str, old: int, new: int,
+                     held: Held = ()) -> int:
         if old == new or not checks:
             return 0
-        payload = self._simple(self._settle, checks, (member.encode(), b"%d" % old, b"%d" % new))
-        return int(await self._call(self._settle, payload))
+        return await self._refund_call(checks, member, 0, old - new, held)
 
-    async def release(self, checks: Sequence[ScopeCheck], member: str, weight: int) -> int:
+    async def release(self, checks: Sequence[ScopeCheck], member: str, weight: int,
+                      held: Held = ()) -> int:
         if not checks:
             return 0
-        payload = self._simple(self._release, checks, (member.encode(), b"%d" % weight))
-        return int(await self._call(self._release, payload))
+        return await self._refund_call(checks, member, 1, weight, held)
 
     async def usage(self, checks: Sequence[ScopeCheck]) -> list[tuple[int, int]]:
         if not checks:
             return []
         n = len(checks)
         payload = b"".join((
-            b"*%d\r\n" % (3 + 2 * n + 1 + n), self._usage.head, _bulk(b"%d" % (2 * n)),
-            *(_encode_check(self.prefix, c)[0] for c in checks),
-            self._now(), *(_encode_check(self.prefix, c)[2] for c in checks),
+            b"*%d\r\n" % (3 + n + 1), self._usage.head, _bulk(b"%d" % n),
+            *(_encode_check(self.prefix, c)[0] for c in checks), self._now(),
         ))
-        out = await self._call(self._usage, payload)
-        return list(_pairs(out, 1))
+        out = (await self._call(self._usage, payload)).split(b",")
+        return list(_pairs(out, 1, len(out)))
 
     async def scan_keys(self, pattern_key: str) -> list[str]:
         """Counter keys (without prefix and suffix) matching a key pattern, for status."""
         found: set[str] = set()
-        async for raw in self.client.scan_iter(match=f"{self.prefix}:{pattern_key}:z", count=500):
+        async for raw in self.client.scan_iter(match=f"{self.prefix}:{pattern_key}:g", count=500):
             name = raw.decode() if isinstance(raw, bytes) else str(raw)
             found.add(name[len(self.prefix) + 1 : -2])
         return sorted(found)
@@ -500,7 +532,8 @@ class RedisLimiter:
 
 
 def connect(url: str, *, timeout_s: float = 0.25, prefix: str = "synthhost:rl",
-            clock: Callable[[], int] | None = None, pool_size: int = 16) -> RedisLimiter:
+            clock: Callable[[], int] | None = None, pool_size: int = 16,
+            marker_ttl_s: float = MARKER_TTL_S) -> RedisLimiter:
     """A limiter on ``url`` with short timeouts (a slow Redis must not stall calls) and
     one immediate retry (a pooled connection that died with a Redis restart)."""
     from redis.asyncio.retry import Retry
@@ -513,4 +546,5 @@ def connect(url: str, *, timeout_s: float = 0.25, prefix: str = "synthhost:rl",
         retry=Retry(NoBackoff(), 1),
         health_check_interval=0,
     )
-    return RedisLimiter(client, prefix=prefix, clock=clock, url=url, timeout_s=timeout_s, pool_size=pool_size)
+    return RedisLimiter(client, prefix=prefix, clock=clock, url=url, timeout_s=timeout_s, pool_size=pool_size,
+                        marker_ttl_s=marker_ttl_s)

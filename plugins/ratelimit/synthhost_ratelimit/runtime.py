@@ -33,6 +33,7 @@ class Reservation:
     member: str
     weight: int
     tokens_limited: bool
+    held: tuple[tuple[int, int, int], ...] = ()  # where it sits in each bucket (bounds refunds)
     settled: bool = False
 
 
@@ -213,7 +214,8 @@ class RateLimiter:
                 reservations = {}
                 call.stash[RESERVATIONS] = reservations
             tokens_limited = any(c.tokens >= 0 for c in checks)
-            reservations[call.attempt] = Reservation(backend, checks, member, weight, tokens_limited)
+            reservations[call.attempt] = Reservation(backend, checks, member, weight, tokens_limited,
+                                                      decision.held)
 
     def _take(self, call: Call, attempt: int) -> Reservation | None:
         reservations = call.stash.get(RESERVATIONS)
@@ -228,22 +230,22 @@ class RateLimiter:
         if res is None or not res.tokens_limited:
             return  # token sums only matter where a token limit applies: no round trip
         if self.guard is not None:
-            await self.guard.settle(res.backend, res.checks, res.member, res.weight, tokens)
+            await self.guard.settle(res.backend, res.checks, res.member, res.weight, tokens, res.held)
             if self._pending:
                 self._flush_events(call)
         else:
-            await res.backend.settle(res.checks, res.member, res.weight, tokens)
+            await res.backend.settle(res.checks, res.member, res.weight, tokens, res.held)
 
     async def release(self, call: Call, attempt: int) -> None:
         res = self._take(call, attempt)
         if res is None:
             return
         if self.guard is not None:
-            await self.guard.release(res.backend, res.checks, res.member, res.weight)
+            await self.guard.release(res.backend, res.checks, res.member, res.weight, res.held)
             if self._pending:
                 self._flush_events(call)
         else:
-            await res.backend.release(res.checks, res.member, res.weight)
+            await res.backend.release(res.checks, res.member, res.weight, res.held)
 
     async def post_call(self, call: Call, response: Response) -> None:
         await self.settle(call, call.attempt, actual_tokens(call, response))

@@ -4,6 +4,7 @@ key prefix cleaned up after each test, and a private redis-server to kill and re
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import socket
@@ -73,20 +74,38 @@ def make_limiter(redis_url: str, rl_prefix: str, clock: FakeClock) -> Callable[.
 
 @pytest.fixture
 def redis_snapshot(redis_url: str, rl_prefix: str) -> Callable[[], dict[str, Any]]:
-    """Every key under the test prefix with its full content (log members and scores,
-    sums): to show a refused call changed nothing."""
+    """Every key under the test prefix with its full content (buckets, markers): to show
+    a refused call changed nothing."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
 
     def snap() -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key in sorted(client.scan_iter(match=f"{rl_prefix}:*", count=1000)):
-            if client.type(key) == "zset":
+            kind = client.type(key)
+            if kind == "zset":
                 out[key] = client.zrange(key, 0, -1, withscores=True)
+            elif kind == "hash":
+                out[key] = client.hgetall(key)
             else:
                 out[key] = client.get(key)
         return out
 
     return snap
+
+
+def bucket_in_use(client: redis.Redis, key: str) -> tuple[int, int]:
+    """(requests, tokens) in use in a scope's Redis bucket as last stored (not drained to
+    now: with windows long against the test, the charges themselves, rounded up)."""
+    raw = client.get(key)
+    if raw is None:
+        return 0, 0
+    _t, r, rc, _rd, k, kc, _kd = (float(x) for x in (raw.decode() if isinstance(raw, bytes) else raw).split(","))
+    return (math.ceil(r / rc) if rc else 0), (math.ceil(k / kc) if kc else 0)
+
+
+@pytest.fixture
+def read_bucket() -> Callable[[redis.Redis, str], tuple[int, int]]:
+    return bucket_in_use
 
 
 class PrivateRedis:
