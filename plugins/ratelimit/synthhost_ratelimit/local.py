@@ -116,11 +116,13 @@ class LocalLimiter:
         return m if m is not None and m[1] > now else None
 
     def _tick(self, now: float) -> None:
-        # Markers expire in about insertion order: drop the expired head (amortised O(1)).
+        # Markers expire in about insertion order: drop the expired head (amortised O(1)),
+        # one TTL late: a clock stepping back still finds what Redis would still hold.
         markers = self._markers
+        cutoff = now - self._marker_us
         while markers:
             first = next(iter(markers))
-            if markers[first][1] > now:
+            if markers[first][1] > cutoff:
                 break
             del markers[first]
         self._ops += 1

@@ -74,8 +74,9 @@ async def test_ratelimit_fail_open_event_once_and_recovery(private_redis: Any) -
         assert [(await guard.acquire(CHECKS, f"c{i}", 0))[0].allowed for i in range(3)] == [
             True, True, False]
         client = redis.Redis.from_url(private_redis.url)
-        assert client.zcard("rl:ws:w:z") == 3
+        assert client.exists("rl:ws:w:g") == 1
         client.close()
+        assert await limiter.usage(CHECKS) == [(3, 0)]
         assert guard.outages == 1
     finally:
         await limiter.aclose()
@@ -143,15 +144,18 @@ async def test_ratelimit_fail_closed(private_redis: Any) -> None:
 async def test_ratelimit_fail_to_local_limits(private_redis: Any) -> None:
     limiter = connect(private_redis.url, timeout_s=0.25, prefix="rl")
     guard = Guarded(limiter, mode=FailMode.LOCAL, probe_s=PROBE_S)
+    checks = [ScopeCheck.of("workspace", "ws:w", Limit(requests=3, tokens=100, window_s=60))]
     try:
         private_redis.stop()
-        answers = [await guard.acquire(CHECKS, f"x{i}", 5) for i in range(4)]
+        answers = [await guard.acquire(checks, f"x{i}", 5) for i in range(4)]
         assert [d.allowed for d, _ in answers] == [True, True, True, False]
         assert all(d.degraded for d, _ in answers)
         backend = answers[0][1]
         assert backend is guard.fallback
         # corrections go to the backend that holds the reservation
-        assert await guard.settle(backend, CHECKS, "x0", 5, 2) == 1
-        assert await guard.settle(limiter, CHECKS, "x0", 5, 2) == 0  # Redis is down: skipped
+        held = answers[0][0].held
+        assert await guard.settle(backend, checks, "x0", 5, 2, held) == 1
+        assert await guard.fallback.usage(checks) == [(3, 12)]
+        assert await guard.settle(limiter, checks, "x0", 5, 2, held) == 0  # Redis is down: skipped
     finally:
         await limiter.aclose()
