@@ -1,4 +1,4 @@
-"""synthhost plugin: atomic multi-scope sliding-window rate limits on Redis or in process.
+"""synthhost plugin: atomic multi-scope rate limits (GCRA) on Redis or in process.
 
 Flag ``enable_rate_limiting`` (default off). For each call, every applicable scope
 (user, workspace, org, agent, model, global) is checked and charged in one decision:
@@ -52,7 +52,7 @@ def state(host: Host) -> RateLimiter:
 @hookimpl
 def register_flags(register: RegisterFlag) -> None:
     register(FLAG, default=False,
-             description="Multi-scope sliding-window rate limits (user, workspace, org, agent, model, global)")
+             description="Multi-scope rate limits (user, workspace, org, agent, model, global)")
 
 
 @hookimpl

@@ -144,7 +144,7 @@ def list_command(workspace: str | None, as_json: bool) -> None:
 @click.option("--org", help="Also show this organisation's counter.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status_command(workspace: str, org: str | None, as_json: bool) -> None:
-    """Current usage in the sliding window, read from Redis."""
+    """Requests and tokens in use now (the buckets' fill, rounded up), read from Redis."""
     import anyio
 
     from synthhost_ratelimit.store import load_rows, resolve
