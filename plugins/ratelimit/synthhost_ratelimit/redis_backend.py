@@ -457,22 +457,31 @@ class RedisLimiter:
     def _now(self) -> bytes:
         return _bulk(b"") if self._clock is None else _bulk(b"%d" % self._clock())
 
-    async def acquire(self, checks: Sequence[ScopeCheck], member: str, weight: int) -> Decision:
+    def acquire_payload(self, checks: Sequence[ScopeCheck], member: str, weight: int) -> bytes:
+        """The acquire's EVALSHA, RESP-encoded (benchmarks pipeline it)."""
         encoded = [_encode_check(self.prefix, c) for c in checks]
         n = len(checks)
-        payload = b"".join((
+        return b"".join((
             b"*%d\r\n" % (3 + 1 + n + 3 + 7 * n), self._acquire.head, _bulk(b"%d" % (1 + n)),
             _bulk(self.marker_key(member).encode()), *(e[0] for e in encoded),
             self._now(), _bulk(b"%d" % weight), self._marker_ttl,
             *(e[1] for e in encoded),
         ))
-        out = (await self._call(self._acquire, payload)).split(b",")
+
+    @staticmethod
+    def parse_acquire(checks: Sequence[ScopeCheck], reply: bytes) -> Decision:
+        out = reply.split(b",")
         status, now = int(out[0]), int(out[1])
         if status == 1:
+            n = len(checks)
             return Decision(True, now, usage=_pairs(out, 5, 5 + 2 * n), held=_held(out, 5 + 2 * n))
         if status == 2:
             return Decision(True, now, duplicate=True)
         return refused(checks, now, int(out[2]), int(out[3]), int(out[4]), _pairs(out, 5, len(out)))
+
+    async def acquire(self, checks: Sequence[ScopeCheck], member: str, weight: int) -> Decision:
+        reply = await self._call(self._acquire, self.acquire_payload(checks, member, weight))
+        return self.parse_acquire(checks, reply)
 
     async def _refund_call(self, checks: Sequence[ScopeCheck], member: str, dr: int, dk: int,
                            held: Held) -> int:
