@@ -38,7 +38,12 @@ local function clock(arg)
   end
   return tonumber(arg)
 end
-local function num(x) return string.format('%.17g', x) end
+-- every figure printed is a whole number: %d is exact (and much cheaper than %.17g)
+-- below 2^53; past it, %.17g keeps every bit
+local function num(x)
+  if x < 9007199254740992 and x > -9007199254740992 then return string.format('%d', x) end
+  return string.format('%.17g', x)
+end
 local function ceil_div(x, d)
   local q = math.ceil(x / d)
   if q * d < x then q = q + 1 elseif (q - 1) * d >= x then q = q - 1 end
@@ -53,9 +58,9 @@ end
 local function view(key, now)
   local v = redis.call('GET', key)
   if not v then return now, 0, 0, 0, 0, 0, 0 end
-  local s = {}
-  for x in string.gmatch(v, '[^,]+') do s[#s + 1] = tonumber(x) end
-  local t, r, rc, rd, k, kc, kd = s[1], s[2], s[3], s[4], s[5], s[6], s[7]
+  local t, r, rc, rd, k, kc, kd = string.match(v, '^([^,]+),([^,]+),([^,]+),([^,]+),([^,]+),([^,]+),([^,]+)$')
+  t, r, rc, rd, k, kc, kd = tonumber(t), tonumber(r), tonumber(rc), tonumber(rd), tonumber(k), tonumber(kc),
+    tonumber(kd)
   local e = now
   if not (now > t) then e = t end
   local el = e - t
@@ -74,8 +79,15 @@ local function store(key, now, e, r, rc, rd, k, kc, kd, win)
   if rd > 0 then tte = r / rd end
   if kd > 0 and k / kd > tte then tte = k / kd end
   local px = math.max(1, math.ceil(((e - now) + tte + win) / 1000))
-  redis.call('SET', key, num(e) .. ',' .. num(r) .. ',' .. num(rc) .. ',' .. num(rd) .. ',' ..
-             num(k) .. ',' .. num(kc) .. ',' .. num(kd), 'PX', string.format('%d', px))
+  local v
+  if e < 9007199254740992 and r < 9007199254740992 and k < 9007199254740992 and rc < 9007199254740992
+      and rd < 9007199254740992 and kc < 9007199254740992 and kd < 9007199254740992 then
+    v = string.format('%d,%d,%d,%d,%d,%d,%d', e, r, rc, rd, k, kc, kd)  -- all >= 0
+  else
+    v = num(e) .. ',' .. num(r) .. ',' .. num(rc) .. ',' .. num(rd) .. ',' .. num(k) .. ',' .. num(kc) .. ','
+        .. num(kd)
+  end
+  redis.call('SET', key, v, 'PX', string.format('%d', px))
 end
 local function usage(r, rc, k, kc, tl)
   local req = 0
@@ -119,7 +131,8 @@ for i = 1, n do
   if rl == 0 then
     retry, kind = math.huge, 1
   elseif rl > 0 then
-    r, rc, rd = adopt(r, rc, rd, tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]))
+    local cc, dd = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+    if rc ~= cc or rd ~= dd then r, rc, rd = adopt(r, rc, rd, cc, dd) end
     local x = r + rc - rl * rc
     if x > 0 then retry, kind = (e - now) + ceil_div(x, rd), 1 end
   end
@@ -127,7 +140,8 @@ for i = 1, n do
   if tl == 0 then
     if w > 0 then tr = math.huge end
   elseif tl > 0 then
-    k, kc, kd = adopt(k, kc, kd, tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7]))
+    local cc, dd = tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7])
+    if kc ~= cc or kd ~= dd then k, kc, kd = adopt(k, kc, kd, cc, dd) end
     if w > tl then
       tr = math.huge
     else
@@ -139,12 +153,16 @@ for i = 1, n do
   if retry ~= nil and (best_retry == nil or retry > best_retry) then
     best_i, best_kind, best_retry = i, kind, retry
   end
-  st[i] = {e, r, rc, rd, k, kc, kd}
-  local ur, ut = usage(r, rc, k, kc, tl)
-  use[#use + 1] = num(ur)
-  use[#use + 1] = num(ut)
+  local j = 7 * (i - 1)
+  st[j + 1], st[j + 2], st[j + 3], st[j + 4], st[j + 5], st[j + 6], st[j + 7] = e, r, rc, rd, k, kc, kd
 end
 if best_retry ~= nil then
+  -- a refusal reports the usage it found
+  for i = 1, n do
+    local j = 7 * (i - 1)
+    local ur, ut = usage(st[j + 2], st[j + 3], st[j + 5], st[j + 6], tonumber(ARGV[3 + 7 * (i - 1) + 5]))
+    use[#use + 1] = num(ur) .. ',' .. num(ut)
+  end
   if best_retry == math.huge then best_retry = -1 end
   return '0,' .. num(now) .. ',' .. best_i .. ',' .. best_kind .. ',' .. num(best_retry) ..
          (n > 0 and (',' .. table.concat(use, ',')) or '')
@@ -153,13 +171,13 @@ end
 local out, held = {'1', num(now), '0', '0', '0'}, {}
 for i = 1, n do
   local b = 3 + 7 * (i - 1)
-  local e, r, rc, rd, k, kc, kd = unpack(st[i])
+  local j = 7 * (i - 1)
+  local e, r, rc, rd, k, kc, kd = st[j + 1], st[j + 2], st[j + 3], st[j + 4], st[j + 5], st[j + 6], st[j + 7]
   if rc > 0 then r = r + rc end
   if kc > 0 then k = k + w * kc end
   if rc > 0 or kc > 0 then store(KEYS[i + 1], now, e, r, rc, rd, k, kc, kd, tonumber(ARGV[b + 1])) end
   local ur, ut = usage(r, rc, k, kc, tonumber(ARGV[b + 5]))
-  out[#out + 1] = num(ur)
-  out[#out + 1] = num(ut)
+  out[#out + 1] = num(ur) .. ',' .. num(ut)
   held[#held + 1] = num(e) .. ',' .. num(r) .. ',' .. num(k)
 end
 set_marker(KEYS[1], 'a', now, tonumber(ARGV[3]))
@@ -240,14 +258,20 @@ return table.concat(out, ',')
 """
 
 
-def _pairs(flat: Sequence[bytes], start: int, stop: int) -> tuple[tuple[int, int], ...]:
-    return tuple((int(flat[i]), int(flat[i + 1])) for i in range(start, stop, 2))
+def _ints(flat: Sequence[bytes]) -> list[int]:
+    # whole numbers, printed with %d (past 2**53 with %.17g: exponent notation)
+    try:
+        return [int(x) for x in flat]
+    except ValueError:
+        return [int(float(x)) for x in flat]
 
 
-def _held(flat: Sequence[bytes], start: int) -> tuple[tuple[int, int, int], ...]:
-    # levels are whole numbers, printed with %.17g: exponent notation past 1e17
-    return tuple((int(float(flat[i])), int(float(flat[i + 1])), int(float(flat[i + 2])))
-                 for i in range(start, len(flat), 3))
+def _pairs(flat: Sequence[int], start: int, stop: int) -> tuple[tuple[int, int], ...]:
+    return tuple(zip(flat[start:stop:2], flat[start + 1:stop:2], strict=True))
+
+
+def _held(flat: Sequence[int], start: int) -> tuple[tuple[int, int, int], ...]:
+    return tuple(zip(flat[start::3], flat[start + 1::3], flat[start + 2::3], strict=True))
 
 
 # -- the wire ---------------------------------------------------------------------------
@@ -470,14 +494,14 @@ class RedisLimiter:
 
     @staticmethod
     def parse_acquire(checks: Sequence[ScopeCheck], reply: bytes) -> Decision:
-        out = reply.split(b",")
-        status, now = int(out[0]), int(out[1])
+        out = _ints(reply.split(b","))
+        status, now = out[0], out[1]
         if status == 1:
             n = len(checks)
             return Decision(True, now, usage=_pairs(out, 5, 5 + 2 * n), held=_held(out, 5 + 2 * n))
         if status == 2:
             return Decision(True, now, duplicate=True)
-        return refused(checks, now, int(out[2]), int(out[3]), int(out[4]), _pairs(out, 5, len(out)))
+        return refused(checks, now, out[2], out[3], out[4], _pairs(out, 5, len(out)))
 
     async def acquire(self, checks: Sequence[ScopeCheck], member: str, weight: int) -> Decision:
         reply = await self._call(self._acquire, self.acquire_payload(checks, member, weight))
@@ -518,7 +542,7 @@ class RedisLimiter:
             b"*%d\r\n" % (3 + n + 1), self._usage.head, _bulk(b"%d" % n),
             *(_encode_check(self.prefix, c)[0] for c in checks), self._now(),
         ))
-        out = (await self._call(self._usage, payload)).split(b",")
+        out = _ints((await self._call(self._usage, payload)).split(b","))
         return list(_pairs(out, 1, len(out)))
 
     async def scan_keys(self, pattern_key: str) -> list[str]:
