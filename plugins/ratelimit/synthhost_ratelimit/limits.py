@@ -90,6 +90,16 @@ class ScopeCheck:
     requests: int
     tokens: int
     window_us: int
+    # (window, max requests, their C and D, max tokens, their C and D) as doubles: what
+    # both backends compute with, worked out once per check
+    figures: tuple[float, float, float, float, float, float, float] = field(
+        init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        rc, rd = units(self.requests, self.window_us)
+        tc, td = units(self.tokens, self.window_us)
+        object.__setattr__(self, "figures", (float(self.window_us), float(self.requests), float(rc), float(rd),
+                                             float(self.tokens), float(tc), float(td)))
 
     @classmethod
     def of(cls, scope: str, key: str, limit: Limit) -> ScopeCheck:

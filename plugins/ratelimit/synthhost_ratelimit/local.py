@@ -21,7 +21,6 @@ from synthhost_ratelimit.limits import (
     Held,
     ScopeCheck,
     refused,
-    units,
 )
 
 INF = math.inf
@@ -146,18 +145,18 @@ class LocalLimiter:
                 return Decision(True, now_i, duplicate=True)
             w = float(weight)
             states = []
-            usage: list[tuple[int, int]] = []
             best_i = best_kind = 0
             best_retry: float | None = None
             for i, check in enumerate(checks, start=1):
                 e, r, rc, rd, k, kc, kd = view(self._buckets.get(check.key), now)
-                rl, tl = float(check.requests), float(check.tokens)
+                _, rl, cc, dd, tl, tc, td = check.figures
                 retry: float | None = None
                 kind = 0
                 if rl == 0:
                     retry, kind = INF, 1
                 elif rl > 0:
-                    r, rc, rd = adopt(r, rc, rd, *map(float, units(check.requests, check.window_us)))
+                    if rc != cc or rd != dd:
+                        r, rc, rd = adopt(r, rc, rd, cc, dd)
                     x = r + rc - rl * rc
                     if x > 0:
                         retry, kind = (e - now) + ceil_div(x, rd), 1
@@ -166,7 +165,8 @@ class LocalLimiter:
                     if w > 0:
                         tr = INF
                 elif tl > 0:
-                    k, kc, kd = adopt(k, kc, kd, *map(float, units(check.tokens, check.window_us)))
+                    if kc != tc or kd != td:
+                        k, kc, kd = adopt(k, kc, kd, tc, td)
                     if w > tl:
                         tr = INF
                     else:
@@ -178,8 +178,9 @@ class LocalLimiter:
                 if retry is not None and (best_retry is None or retry > best_retry):
                     best_i, best_kind, best_retry = i, kind, retry
                 states.append((e, r, rc, rd, k, kc, kd))
-                usage.append(_usage(r, rc, k, kc, tl))
             if best_retry is not None:
+                usage = [_usage(st[1], st[2], st[4], st[5], c.figures[4])
+                         for c, st in zip(checks, states, strict=True)]
                 r_us = NEVER if best_retry == INF else int(best_retry)
                 return refused(checks, now_i, best_i, best_kind, r_us, tuple(usage))
             after: list[tuple[int, int]] = []
@@ -191,14 +192,14 @@ class LocalLimiter:
                     k = k + w * kc
                 if rc > 0 or kc > 0:
                     self._store(check, now, e, r, rc, rd, k, kc, kd)
-                after.append(_usage(r, rc, k, kc, float(check.tokens)))
+                after.append(_usage(r, rc, k, kc, check.figures[4]))
                 held.append((int(e), int(r), int(k)))
             self._set_marker(member, False, now)
             return Decision(True, now_i, usage=tuple(after), held=tuple(held))
 
     def _store(self, check: ScopeCheck, now: float, e: float, r: float, rc: float, rd: float,
                k: float, kc: float, kd: float) -> None:
-        expires = now + ttl_us(now, e, r, rd, k, kd, float(check.window_us))
+        expires = now + ttl_us(now, e, r, rd, k, kd, check.figures[0])
         b = self._buckets.get(check.key)
         if b is None:
             self._buckets[check.key] = _Bucket(e, r, rc, rd, k, kc, kd, expires)
@@ -219,10 +220,11 @@ class LocalLimiter:
             fixed = 0
             for i, check in enumerate(checks):
                 e, r, rc, rd, k, kc, kd = view(self._buckets.get(check.key), now)
-                if check.requests > 0:
-                    r, rc, rd = adopt(r, rc, rd, *map(float, units(check.requests, check.window_us)))
-                if check.tokens > 0:
-                    k, kc, kd = adopt(k, kc, kd, *map(float, units(check.tokens, check.window_us)))
+                _, rl, cc, dd, tl, tc, td = check.figures
+                if rl > 0:
+                    r, rc, rd = adopt(r, rc, rd, cc, dd)
+                if tl > 0:
+                    k, kc, kd = adopt(k, kc, kd, tc, td)
                 tx, rx, kx = (float(v) for v in held[i]) if i < len(held) else (-1.0, 0.0, 0.0)
                 touched = changed = False
                 if dr > 0 and rc > 0:
