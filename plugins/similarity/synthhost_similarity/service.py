@@ -43,6 +43,7 @@ import numpy as np
 
 from synthhost.call import Call, StashKey, new_id
 from synthhost.errors import Denied, ErrorCode, UsageError
+from synthhost.gil import pause
 from synthhost.storage.models import utcnow
 from synthhost_similarity.embedders import Embedder, Vector, make_embedder
 from synthhost_similarity.flags import FLAG_CHECK as FLAG_CHECK
@@ -318,6 +319,7 @@ class SimilarityService:
 
     def _work(self) -> None:
         while True:
+            pause()  # one prompt per GIL hold: calls waiting on a socket get back in
             job = self._queue.get()
             try:
                 if job is _STOP:
@@ -341,7 +343,9 @@ class SimilarityService:
         library = self.store.refresh(workspace)  # no-op unless due
         vector = self.embedder.embed([job.prompt])[0]
         digest = text_hash(job.prompt)
+        pause()
         outcome = self.evaluate(library, vector, digest, acting=False, started=started)
+        pause()
         self.record(job.call, job.prompt, vector, library, outcome)
 
     # -- shared -------------------------------------------------------------------------
