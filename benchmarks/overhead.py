@@ -523,7 +523,7 @@ def rss_run(args: argparse.Namespace, redis_url: str, tmp: str, receiver: Loopba
                         s = {"calls": i + 1, "rss_mib": round(rss_mib(), 1),
                              "seconds": round(time.perf_counter() - started, 1),
                              "writer_pending": host.writer.pending,
-                             "similarity_dropped": host.stats.get("similarity.dropped", 0)}
+                             "similarity_logged": host.stats.get("similarity.logged", 0)}
                         samples.append(s)
                         if not args.json:
                             print(f"  {s}", flush=True)
