@@ -207,7 +207,7 @@ def test_similarity_opposite_rows_and_zero_vectors_are_harmless() -> None:
     query = matrix[17].copy()
     index: VectorIndex[int] = VectorIndex(64, exact_limit=100, candidates=50)
     index.add_many(np.concatenate([-query[None, :], matrix]), list(range(-1, 3000)))
-    assert index._distances(query, len(index))[0] == 0  # the opposite row
+    assert index._hamming(query)[0] == 0  # the opposite row
     match = index.search(query, threshold=0.85)
     assert match is not None and match.item == 17 and match.score == pytest.approx(1.0, abs=1e-5)
     zero = index.search(np.zeros(64, np.float32), threshold=0.85)
@@ -230,5 +230,5 @@ def test_similarity_cutoffs_follow_the_binomial_model() -> None:
     rows = np.stack([at_cosine(query, 0.85, rng) for _ in range(4000)]).astype(np.float32)
     index: VectorIndex[int] = VectorIndex(256, exact_limit=10)
     index.add_many(rows, list(range(len(rows))))
-    dist = index._distances(query.astype(np.float32), len(rows)).astype(int)
+    dist = index._hamming(query.astype(np.float32)).astype(int)
     assert 0.4 < float(np.mean(dist <= lo)) < 0.65 and int(dist.max()) <= hi
