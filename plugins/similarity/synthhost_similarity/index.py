@@ -24,7 +24,7 @@ is Binomial(256, acos(c) / pi) (:func:`cutoffs`):
 Each stage rescores at most ``candidates`` rows (stage 2: ``candidates * WIDEN``), the
 closest when more qualify. Below the threshold the row named is the best of those
 rescored: rows above ~0.7 are within ``hi``, so a near miss names the exhaustive best
-(97-99 % of them in the benchmark), an unrelated prompt some row a few hundredths below
+(for 91-97 % of the benchmark's, best 0.6-0.85), an unrelated prompt some row below
 the best (scores under ~0.3, no match either way). Without a threshold, the
 ``candidates`` closest codes are rescored.
 
