@@ -6,7 +6,7 @@ built-in ``hashed-ngram-v1`` embedder and loaded straight into one workspace's
 in-memory library (no database rows: the index is what is measured). Then, per query:
 
 - ``embed+search``: embed the prompt and find its closest reference: what the check
-  adds to a call (the target: p95 <= 5 ms at 100k);
+  adds to a call (the target: p95 <= 1 ms at 100k);
 - ``check()``: the plugin's whole ``pre_call`` path on a started host (SQLite in a temp
   dir): embed, search, decide, queue the log row and event, index the new prompt.
 
@@ -16,8 +16,11 @@ is the check's own cost, the figure to read on a shared machine.
 Queries are a third each: lightly edited stored prompts, new prompts from the same
 templates, and unrelated prompts. Above ``exact_limit`` rows the index answers in two
 stages (SimHash Hamming pre-selection, exact rescoring); ``agreement`` compares its
-pick with an exhaustive scan of the same query: same row, same decision at 0.85, and
-the largest score shortfall.
+pick with an exhaustive scan of the same query: same row (overall, and where the
+exhaustive best scores >= 0.7, the rows a log or a block names), same decision at 0.85,
+and the largest score shortfall. ``borderline`` (untimed) searches again with the
+threshold just under each query's exhaustive best score (for bests >= 0.5): the hardest
+place for the decision, which must still be "at or above".
 
     uv run --frozen python benchmarks/similarity.py                 # 10k and 100k
     uv run --frozen python benchmarks/similarity.py --sizes 10000 --queries 500 --json
@@ -241,6 +244,65 @@ def queries(stored: list[str], count: int, rng: random.Random) -> list[tuple[str
     return out
 
 
+def near_miss_candidates(stored: list[str], count: int, rng: random.Random) -> list[str]:
+    """Prompts that share a template or most words with stored ones without repeating
+    any: two templates run together, a stored prompt with several words swapped, a
+    template with an unrelated question as context. Most land at 0.6-0.85, where the
+    two-stage search has the most rows to rescore."""
+    vocabulary = [w for words in WORDS.values() for w in words]
+    out: list[str] = []
+    for i in range(count):
+        if i % 3 == 0:
+            out.append(fill(rng.choice(TEMPLATES), rng) + " " + fill(rng.choice(TEMPLATES), rng))
+        elif i % 3 == 1:
+            words = edit(rng.choice(stored), rng).split()
+            for _ in range(3):
+                words[rng.randrange(len(words))] = rng.choice(vocabulary)
+            out.append(" ".join(words))
+        else:
+            out.append(fill(rng.choice(TEMPLATES), rng) + f" Context: {rng.choice(UNRELATED)}")
+    return out
+
+
+def bench_near_misses(
+    lib: WorkspaceLibrary, embedder: HashedNgramEmbedder, stored: list[str], count: int, seed: int
+) -> dict[str, Any]:
+    """embed+search for prompts whose exhaustive best scores 0.6-0.85 (untimed
+    exhaustive scans pick them out of ``count`` candidates)."""
+    index = lib.index
+    assert index is not None
+    picked = []
+    for text in near_miss_candidates(stored, count, random.Random(seed + 1)):
+        vector = embedder.embed_one(text)
+        exact = index.search(vector, exact=True)
+        if exact is not None and 0.6 <= exact.score < THRESHOLD:
+            picked.append((text, exact))
+    total_ms: list[float] = []
+    cpu_ms: list[float] = []
+    same_row = same_decision = 0
+    gc.disable()
+    try:
+        for text, exact in picked:
+            c0 = time.thread_time()
+            t0 = time.perf_counter()
+            match = lib.search(embedder.embed_one(text), THRESHOLD)
+            total_ms.append((time.perf_counter() - t0) * 1000)
+            cpu_ms.append((time.thread_time() - c0) * 1000)
+            assert match is not None
+            same_row += match.row == exact.row
+            same_decision += match.score < THRESHOLD
+    finally:
+        gc.enable()
+    n = len(picked) or 1
+    return {
+        "queries": len(picked),
+        "embed+search": summary(total_ms) if total_ms else {},
+        "embed+search_cpu": summary(cpu_ms) if cpu_ms else {},
+        "same_row": round(same_row / n, 4),
+        "same_decision": round(same_decision / n, 4),
+    }
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -295,7 +357,7 @@ def bench_size(n: int, n_queries: int, seed: int) -> dict[str, Any]:
     total_ms: list[float] = []
     cpu_ms: list[float] = []  # this thread's CPU time: what the check costs without
     # the waits a shared machine adds (preemption by other processes)
-    same_row = same_decision = 0
+    same_row = same_decision = near = same_row_near = border = border_same = 0
     worst_gap = 0.0
     hits = {"edited": 0, "new": 0, "unrelated": 0}
     answers = []
@@ -324,6 +386,13 @@ def bench_size(n: int, n_queries: int, seed: int) -> dict[str, Any]:
         same_decision += (match.score >= THRESHOLD) == (exact.score >= THRESHOLD)
         worst_gap = max(worst_gap, exact.score - match.score)
         hits[kind] += match.score >= THRESHOLD
+        if exact.score >= 0.7:
+            near += 1
+            same_row_near += match.row == exact.row
+        if exact.score >= 0.5:
+            border += 1
+            tight = index.search(vector, threshold=exact.score - 0.005)
+            border_same += tight is not None and tight.score >= exact.score - 0.005
     per_kind = n_queries // 3 or 1
     return {
         "stored": n,
@@ -335,7 +404,10 @@ def bench_size(n: int, n_queries: int, seed: int) -> dict[str, Any]:
         "search": summary(search_ms),
         "agreement": {
             "same_row": round(same_row / len(qs), 4),
+            "same_row_at_0.7": round(same_row_near / (near or 1), 4),
             "same_decision": round(same_decision / len(qs), 4),
+            "borderline_same_decision": round(border_same / (border or 1), 4),
+            "borderline_queries": border,
             "worst_score_gap": round(worst_gap, 5),
         },
         "hit_rate_at_0.85": {k: round(v / per_kind, 3) for k, v in hits.items()},
@@ -343,6 +415,7 @@ def bench_size(n: int, n_queries: int, seed: int) -> dict[str, Any]:
         "build_s": {"embed": round(embed_s, 2)},
         "_lib": lib,
         "_queries": qs,
+        "_stored": stored,
     }
 
 
@@ -384,13 +457,18 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=600)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-check", action="store_true", help="skip the check() timing")
+    parser.add_argument(
+        "--near-misses", type=int, default=600, help="candidate prompts for the 0.6-0.85 timing (0: skip)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     results = []
     for n in (int(s) for s in args.sizes.split(",")):
         result = bench_size(n, args.queries, args.seed)
-        lib, qs = result.pop("_lib"), result.pop("_queries")
+        lib, qs, stored = result.pop("_lib"), result.pop("_queries"), result.pop("_stored")
+        if args.near_misses:
+            result["near_misses"] = bench_near_misses(lib, HashedNgramEmbedder(), stored, args.near_misses, args.seed)
         if not args.no_check:
             result["check()"] = anyio.run(bench_check, lib, qs)
         results.append(result)
@@ -405,7 +483,7 @@ def main() -> None:
         "load_average_1m": round(os.getloadavg()[0], 2),
         "embedder": "hashed-ngram-v1 (512)",
         "exact_limit": EXACT_LIMIT,
-        "target": "embed+search p95 <= 5 ms at 100k",
+        "target": "embed+search p95 <= 1 ms at 100k",
     }
     if args.json:
         print(json.dumps({"meta": meta, "results": results}, indent=2))
@@ -435,10 +513,22 @@ def main() -> None:
             print(f"  (CPU time)    p50 {c['cpu']['p50_ms']:7.3f} ms  p95 {c['cpu']['p95_ms']:7.3f} ms")
         a = r["agreement"]
         print(
-            f"  vs exhaustive: same row {a['same_row']:.1%}, same decision "
-            f"{a['same_decision']:.1%}, worst score gap {a['worst_score_gap']}"
+            f"  vs exhaustive: same row {a['same_row']:.1%} ({a['same_row_at_0.7']:.1%} where the best "
+            f"scores >= 0.7), same decision {a['same_decision']:.1%}, worst score gap {a['worst_score_gap']}"
+        )
+        print(
+            f"  borderline (threshold = best - 0.005, {a['borderline_queries']} queries): "
+            f"same decision {a['borderline_same_decision']:.1%}"
         )
         print(f"  score >= 0.85: {r['hit_rate_at_0.85']}")
+        if r.get("near_misses", {}).get("queries"):
+            nm = r["near_misses"]
+            w, c = nm["embed+search"], nm["embed+search_cpu"]
+            print(
+                f"  near misses (exhaustive best 0.6-0.85, {nm['queries']} queries): embed+search "
+                f"p50 {w['p50_ms']:.3f} ms p95 {w['p95_ms']:.3f} ms (CPU p50 {c['p50_ms']:.3f} p95 {c['p95_ms']:.3f}); "
+                f"same row {nm['same_row']:.1%}, same decision {nm['same_decision']:.1%}"
+            )
 
 
 if __name__ == "__main__":

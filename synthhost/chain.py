@@ -20,6 +20,7 @@ import inspect
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from synthhost.call import Call, Recovery, Response
@@ -130,7 +131,7 @@ class Chains:
     @staticmethod
     async def call_plain(impl: Impl, kwargs: Mapping[str, Any]) -> Any:
         result = impl.function(*[kwargs[name] for name in impl.argnames])
-        if inspect.isawaitable(result):
+        if result is not None and (type(result) is CoroutineType or inspect.isawaitable(result)):
             result = await result
         return result
 
@@ -158,7 +159,7 @@ class Chains:
         for impl in chain.pre_call:
             try:
                 result = impl.function(*[kwargs[n] for n in impl.argnames])
-                if inspect.isawaitable(result):
+                if result is not None and (type(result) is CoroutineType or inspect.isawaitable(result)):
                     result = await result
             except Denied:
                 raise
@@ -179,7 +180,7 @@ class Chains:
         for impl in chain.post_call:
             try:
                 result = impl.function(*[kwargs[n] for n in impl.argnames])
-                if inspect.isawaitable(result):
+                if result is not None and (type(result) is CoroutineType or inspect.isawaitable(result)):
                     result = await result
             except Denied:
                 raise
@@ -194,7 +195,7 @@ class Chains:
         for impl in chain.on_failure:
             try:
                 result = impl.function(*[kwargs[n] for n in impl.argnames])
-                if inspect.isawaitable(result):
+                if result is not None and (type(result) is CoroutineType or inspect.isawaitable(result)):
                     result = await result
             except Exception as exc:
                 self.fault(impl, "on_failure", exc, call, call.workspace)
@@ -217,7 +218,7 @@ class Chains:
         for impl in chain.on_trace:
             try:
                 result = impl.function(*[kwargs[n] for n in impl.argnames])
-                if inspect.isawaitable(result):
+                if result is not None and (type(result) is CoroutineType or inspect.isawaitable(result)):
                     result = await result
             except Exception as exc:
                 self.fault(impl, "on_trace", exc, None, trace.workspace)

@@ -36,6 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import SQLModel
 
+from synthhost.gil import chunks
 from synthhost.storage import spool
 
 log = logging.getLogger("synthhost.writer")
@@ -257,10 +258,13 @@ class BatchedWriter:
             else:
                 upserts.append((stmt, [values]))
         with self.engine.begin() as conn:
+            # Small statements with a GIL hand-off between them (see synthhost.gil).
             for table, rows in inserts.items():
-                conn.execute(table.insert(), rows)
+                for part in chunks(rows):
+                    conn.execute(table.insert(), part)
             for stmt, rows in upserts:
-                conn.execute(stmt, rows)
+                for part in chunks(rows):
+                    conn.execute(stmt, part)
         if self.on_commit is not None:
             self.on_commit([item for _, item in batch])
 

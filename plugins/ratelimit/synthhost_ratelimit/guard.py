@@ -110,6 +110,10 @@ class Guarded:
                             retry_us=max(1, round(wait * 1_000_000)), degraded=True), None
         return Decision(True, degraded=True), None
 
+    def failed(self, exc: BaseException) -> None:
+        """A call on the primary failed outside a decision (a deferred settle)."""
+        self._failed(exc)
+
     def _failed(self, exc: BaseException) -> None:
         if self.down_since is not None:
             return

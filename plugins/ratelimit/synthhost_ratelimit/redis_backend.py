@@ -339,7 +339,10 @@ class _Wire:
         once on a fresh connection when a pooled one turns out dead (Redis restarted).
         Every script is idempotent, so a retry after a lost reply is harmless."""
         try:
-            await asyncio.wait_for(self.slots.acquire(), self.wait_s)
+            if self.slots.locked():  # only then can it wait: wait_for costs a task
+                await asyncio.wait_for(self.slots.acquire(), self.wait_s)
+            else:
+                await self.slots.acquire()
         except TimeoutError:
             raise ConnectionError(f"rate limiter: all {self.size} Redis connections busy for {self.wait_s:g}s "
                                   "(SYNTHHOST_RATELIMIT_REDIS_POOL)") from None
@@ -352,7 +355,7 @@ class _Wire:
         for attempt in (1, 2):
             conn, fresh = await self._get()
             try:
-                await conn.send_packed_command(payload, check_health=False)
+                await self._send(conn, payload)
                 reply = await conn.read_response()
             except NoScriptError:
                 await self._put(conn)
@@ -371,6 +374,19 @@ class _Wire:
             await self._put(conn)
             return reply
         raise ConnectionError("rate limiter: no answer from Redis")
+
+    @staticmethod
+    async def _send(conn: Any, payload: bytes) -> None:
+        # redis-py wraps every write in asyncio.wait_for (a task per command, a third of
+        # a decision's Python time here). A small payload on a connected socket leaves
+        # in write(); wait (bounded) only when the transport had to buffer it.
+        writer = getattr(conn, "_writer", None)
+        if writer is None or not conn.is_connected:
+            await conn.send_packed_command(payload, check_health=False)
+            return
+        writer.write(payload)
+        if writer.transport.get_write_buffer_size():
+            await asyncio.wait_for(writer.drain(), conn.socket_timeout or None)
 
     async def _drop_idle(self) -> None:
         idle, self.idle = self.idle, []
@@ -430,6 +446,29 @@ class _SyncWire:
             return reply
         raise ConnectionError("rate limiter: no answer from Redis")
 
+    def call_many_sync(self, script: _Script, payloads: list[bytes]) -> list[Any]:
+        """Pipelined: every payload in one write, then every reply. Used for token
+        corrections only, which are sent once (a lost reply is not retried)."""
+        pool = self.client.connection_pool
+        for _ in (1, 2):
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command(payloads, check_health=False)
+                replies = [conn.read_response(disable_decoding=True) for _ in payloads]
+            except NoScriptError:
+                # The first EVALSHA failed; so did the rest (same script): none ran.
+                conn.disconnect()  # unread replies are left on it
+                pool.release(conn)
+                self.client.script_load(script.text)
+                continue
+            except BaseException:
+                conn.disconnect()
+                pool.release(conn)
+                raise
+            pool.release(conn)
+            return replies
+        raise ConnectionError("rate limiter: no answer from Redis")
+
     async def call(self, script: _Script, payload: bytes) -> Any:
         import anyio
 
@@ -458,6 +497,7 @@ class RedisLimiter:
         self._url, self._timeout_s = url, timeout_s
         self._sync_wire: _SyncWire | None = None
         self._marker_ttl = _bulk(b"%d" % round(marker_ttl_s * 1_000_000))
+        self._blocking_wire: _SyncWire | None = None  # the settle thread's own connection
         self._acquire = _Script(ACQUIRE)
         self._refund = _Script(REFUND)
         self._usage = _Script(USAGE)
@@ -507,8 +547,8 @@ class RedisLimiter:
         reply = await self._call(self._acquire, self.acquire_payload(checks, member, weight))
         return self.parse_acquire(checks, reply)
 
-    async def _refund_call(self, checks: Sequence[ScopeCheck], member: str, dr: int, dk: int,
-                           held: Held) -> int:
+    def _refund_payload(self, checks: Sequence[ScopeCheck], member: str, dr: int, dk: int,
+                        held: Held) -> bytes:
         n = len(checks)
         scopes = []
         for i, c in enumerate(checks):
@@ -520,13 +560,30 @@ class RedisLimiter:
             _bulk(self.marker_key(member).encode()), *(_encode_check(self.prefix, c)[0] for c in checks),
             self._now(), _bulk(b"%d" % dr), _bulk(b"%d" % dk), self._marker_ttl, *scopes,
         ))
-        return int(await self._call(self._refund, payload))
+        return payload
+
+    async def _refund_call(self, checks: Sequence[ScopeCheck], member: str, dr: int, dk: int,
+                           held: Held) -> int:
+        return int(await self._call(self._refund, self._refund_payload(checks, member, dr, dk, held)))
 
     async def settle(self, checks: Sequence[ScopeCheck], member: str, old: int, new: int,
                      held: Held = ()) -> int:
         if old == new or not checks:
             return 0
         return await self._refund_call(checks, member, 0, old - new, held)
+
+    def settle_many_blocking(self, corrections: Sequence[tuple[Sequence[ScopeCheck], str, int, int, Held]]) -> int:
+        """Apply several settles in one pipelined round trip, from a thread of its own
+        (blocking client); returns the scopes corrected."""
+        payloads = [self._refund_payload(checks, member, 0, old - new, held)
+                    for checks, member, old, new, held in corrections if old != new and checks]
+        if not payloads:
+            return 0
+        if self._blocking_wire is None:
+            if self._url is None:
+                raise RuntimeError("rate limiter: deferred settles need the Redis URL")
+            self._blocking_wire = _SyncWire(self._url, max(1.0, self._timeout_s), pool_size=1)
+        return sum(int(r) for r in self._blocking_wire.call_many_sync(self._refund, payloads))
 
     async def release(self, checks: Sequence[ScopeCheck], member: str, weight: int,
                       held: Held = ()) -> int:
@@ -559,6 +616,8 @@ class RedisLimiter:
     async def aclose(self) -> None:
         if self._sync_wire is not None:
             self._sync_wire.close()
+        if self._blocking_wire is not None:
+            self._blocking_wire.close()
         if _on_asyncio():
             await self._wire.aclose()
             await self.client.aclose()

@@ -13,6 +13,7 @@ from synthhost.tokens import count_text, prompt_tokens
 from synthhost_ratelimit.guard import FailMode, Guarded
 from synthhost_ratelimit.limits import SCOPES, Decision, Limit, Limiter, ScopeCheck, scope_key
 from synthhost_ratelimit.local import LocalLimiter
+from synthhost_ratelimit.settler import Settler
 from synthhost_ratelimit.store import LimitTable, Refresher
 
 if TYPE_CHECKING:
@@ -138,6 +139,7 @@ class RateLimiter:
         self.limiter = limiter
         self.guard = guard
         self.refresher: Refresher | None = None
+        self.settler: Settler | None = None  # Redis: token corrections off the call path
         self._emit = emit
         self._warned_local = False
         self._pending: list[tuple[str, dict[str, Any]]] = []
@@ -155,8 +157,10 @@ class RateLimiter:
             limiter = connect(config.redis_url, timeout_s=config.timeout_s, prefix=config.prefix,
                               pool_size=config.pool_size)
             state = cls(config, table, limiter=limiter, guard=None, emit=host.emit)
-            state.guard = Guarded(limiter, mode=config.fail, probe_s=config.probe_s,
-                                  notify=state._queue_event)
+            guard = state.guard = Guarded(limiter, mode=config.fail, probe_s=config.probe_s,
+                                          notify=state._queue_event)
+            state.settler = Settler(limiter.settle_many_blocking, on_error=guard.failed,
+                                    skip=lambda: not guard.healthy)
             return state
         limiter = LocalLimiter()
         return cls(config, table, limiter=limiter, guard=guard, emit=host.emit)
@@ -229,6 +233,10 @@ class RateLimiter:
         res = self._take(call, attempt)
         if res is None or not res.tokens_limited:
             return  # token sums only matter where a token limit applies: no round trip
+        if self.settler is not None and self.guard is not None and res.backend is self.guard.primary:
+            if self.guard.healthy:
+                self.settler.put((res.checks, res.member, res.weight, tokens, res.held))
+            return
         if self.guard is not None:
             await self.guard.settle(res.backend, res.checks, res.member, res.weight, tokens, res.held)
             if self._pending:
@@ -263,4 +271,8 @@ class RateLimiter:
     async def aclose(self) -> None:
         if self.refresher is not None:
             self.refresher.stop()
+        if self.settler is not None:
+            import anyio
+
+            await anyio.to_thread.run_sync(self.settler.close)
         await self.limiter.aclose()

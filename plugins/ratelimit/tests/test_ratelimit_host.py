@@ -77,6 +77,11 @@ class Blocker:
             raise Denied(ErrorCode.GUARDRAIL_VIOLATION, "no")
 
 
+def settled(host: Any) -> None:
+    settler = plugin.state(host).settler
+    assert settler is not None and settler.drain(5.0)
+
+
 async def test_ratelimit_host_denies_and_corrects(make_host: Any, redis_url: str,
                                                   rl_prefix: str) -> None:
     client = redis.Redis.from_url(redis_url)
@@ -100,7 +105,9 @@ async def test_ratelimit_host_denies_and_corrects(make_host: Any, redis_url: str
         assert host.provider("echo").call_count == 2
         r = await host.complete(model="echo/e1", messages="hi", workspace="w1", user="bob")
         usage += r.usage.total_tokens
-        # the estimates (chars/4 + max_tokens) were replaced by the real usage
+        # the estimates (chars/4 + max_tokens) were replaced by the real usage (corrections
+        # go out from a thread of their own, after the call returned)
+        settled(host)
         assert counter(client, rl_prefix, "ws:w1") == (3, usage)
         assert counter(client, rl_prefix, "ws:w1:user:alice") == (2, 0)  # no token limit: no token bucket
         # the flag is per workspace: w2 is not limited, and nothing is counted for it
@@ -132,11 +139,13 @@ async def test_ratelimit_host_refunds_what_was_not_used(make_host: Any, redis_ur
         with pytest.raises(ProviderError):
             await host.complete(model="echo/e1", messages="hi", workspace="w1", user="alice",
                                 params={"echo_fail": ["auth"]})
+        settled(host)
         assert counter(client, rl_prefix, key) == (1, 0)
         # a retried call: each attempt is a request; tokens only for the one that answered
         r = await host.complete(model="echo/e1", messages="hi", workspace="w1", user="alice",
                                 params={"echo_fail": ["server_error"]}, max_attempts=2)
         assert host.provider("echo").call_count == 3
+        settled(host)
         assert counter(client, rl_prefix, key) == (3, r.usage.total_tokens)
     client.close()
 
@@ -267,6 +276,7 @@ def test_ratelimit_host_under_trio(make_host: Any, redis_url: str, rl_prefix: st
             with pytest.raises(Denied) as info:
                 await host.complete(model="echo/e1", messages="hi")
             assert info.value.details["scope"] == "workspace"
+            settled(host)
             assert counter(client, rl_prefix, "ws:default") == (2, total)
             assert (await plugin._health(host))[0]
 

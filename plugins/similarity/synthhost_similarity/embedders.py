@@ -16,6 +16,7 @@ paraphrases with different words: use an embedding model for those.
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 import zlib
@@ -90,6 +91,10 @@ _SALTS = [np.uint64((0x5851F42D4C957F2D * (i + 1)) & _M64) for i in range(5)]
 # Bits 56-58 of a mixed hash are replaced by the feature group (buckets use the low bits,
 # the sign bit 63), so one ``unique`` dedupes every group at once.
 _GROUP_CLEAR = np.uint64(_M64 ^ (7 << 56))
+_GROUP_BITS = [np.uint64(g << 56) for g in range(5)]
+_SEED_PRIME2 = np.uint64((0x9E3779B97F4A7C15 * 0x100000001B3**2) & _M64)  # seed * prime**2
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_U30, _U27, _U31 = np.uint64(30), np.uint64(27), np.uint64(31)
 _PUNCT = re.compile(r"[^\w\s]+")
 _WS = re.compile(r"\s+")
 
@@ -108,13 +113,17 @@ def _cap(text: str) -> str:
     return text[:half] + " " + text[-half:]
 
 
-def _mix(h: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    """splitmix64 finaliser (array ops wrap modulo 2**64 without warnings)."""
-    h = h ^ (h >> np.uint64(30))
-    h = h * np.uint64(0xBF58476D1CE4E5B9)
-    h = h ^ (h >> np.uint64(27))
-    h = h * np.uint64(0x94D049BB133111EB)
-    return h ^ (h >> np.uint64(31))
+def _mix_into(h: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """splitmix64 finaliser, in place (array ops wrap modulo 2**64 without warnings)."""
+    tmp = h >> _U30
+    h ^= tmp
+    h *= _MIX1
+    np.right_shift(h, _U27, out=tmp)
+    h ^= tmp
+    h *= _MIX2
+    np.right_shift(h, _U31, out=tmp)
+    h ^= tmp
+    return h
 
 
 class HashedNgramEmbedder:
@@ -137,46 +146,68 @@ class HashedNgramEmbedder:
             raise ValueError("hashed-ngram dim must be a power of two >= 16")
         self.dim = dim
         self._mask = np.uint64(dim - 1)
+        # (hash >> 56 & 7) * dim as one shift and one mask
+        self._group_shift = np.uint64(56 - (dim.bit_length() - 1))
+        self._group_mask = np.uint64(7 * dim)
 
     def embed_one(self, text: str) -> Vector:
-        """The vector of one text (all groups hashed together: one ``unique``, one
-        ``bincount``, so a short prompt costs tens of microseconds, not hundreds)."""
+        """The vector of one text (all groups hashed together into one buffer: one sort,
+        one ``bincount``, about 40 numpy calls, so a short prompt costs tens of
+        microseconds). Every step up to ``bincount`` is integer arithmetic, and the
+        per-group sums are integers, so any reordering there is exact; the float steps
+        after it are kept as they were, so vectors stay bit-identical."""
         norm = normalize_text(_cap(text))
         if not norm:
             return np.zeros(self.dim, dtype=np.float32)
-        parts: list[npt.NDArray[np.uint64]] = []
-        group_ids: list[int] = []
         # Char n-grams ignore spaces ("hash map"/"hashmap", "e-mail"/"email" stay close);
         # the word features keep the word boundaries.
         padded = f" {norm.replace(' ', '')} "
         codes = np.frombuffer(padded.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
-        h = np.full(codes.size, _SEED, dtype=np.uint64)
-        for n in range(1, self.max_n + 1):
-            count = codes.size - n + 1
-            if count <= 0:
+        # UTF-8 never puts a 0x20 byte inside a character: splitting the encoded text is
+        # splitting the text, and each word's CRC is the same.
+        words = norm.encode("utf-8", "surrogatepass").split(b" ")
+        size, nwords = codes.size, len(words)
+        # ``buf`` holds char 3-, 4-, 5-grams, word unigrams, word bigrams, in that order.
+        counts = [max(0, size - n + 1) for n in range(self.min_n, self.max_n + 1)]
+        ends = list(itertools.accumulate([*counts, nwords, nwords - 1]))
+        bounds = list(itertools.pairwise([0, *ends]))
+        buf = np.empty(ends[-1], dtype=np.uint64)
+        # h[i] becomes the polynomial hash of codes[i : i + n] (the seed, then per code
+        # h * prime + code); the first two steps fold into one constant.
+        h = codes[1:] + (codes[:-1] * _PRIME + _SEED_PRIME2)
+        for n, (lo, hi) in enumerate(bounds[:3], start=self.min_n):
+            if hi == lo:
                 break
-            # h[i] becomes the polynomial hash of codes[i : i + n].
-            h = h[:count] * _PRIME + codes[n - 1 : n - 1 + count]
-            if n >= self.min_n:
-                parts.append(h ^ _SALTS[len(group_ids)])
-                group_ids.append(len(group_ids))
-        words = norm.split(" ")
-        uni = np.fromiter((zlib.crc32(w.encode("utf-8", "surrogatepass")) for w in words), np.uint64, len(words))
-        parts.append(uni ^ _SALTS[3])
-        group_ids.append(3)
-        if len(words) > 1:
-            parts.append(_mix(uni[:-1] ^ _SALTS[4]) * _PRIME + uni[1:])
-            group_ids.append(4)
-        sizes = [p.size for p in parts]
-        hashes = _mix(np.concatenate(parts)) & _GROUP_CLEAR
-        hashes |= np.repeat(np.array(group_ids, dtype=np.uint64) << np.uint64(56), sizes)
-        hashes = np.unique(hashes)  # presence, not frequency
+            h = np.multiply(h[: hi - lo], _PRIME, out=buf[lo:hi])
+            h += codes[n - 1 : n - 1 + hi - lo]
+        for group, (lo, hi) in enumerate(bounds[:3]):
+            buf[lo:hi] ^= _SALTS[group]  # after the loop: each level grows from the last
+        uni = buf[ends[2] : ends[3]]
+        uni[:] = np.fromiter(map(zlib.crc32, words), np.uint64, nwords)
+        if nwords > 1:
+            bigrams = buf[ends[3] :]
+            np.bitwise_xor(uni[:-1], _SALTS[4], out=bigrams)
+            _mix_into(bigrams)
+            bigrams *= _PRIME
+            bigrams += uni[1:]
+        uni ^= _SALTS[3]
+        hashes = _mix_into(buf)
+        hashes &= _GROUP_CLEAR
+        for group, (lo, hi) in enumerate(bounds):
+            hashes[lo:hi] |= _GROUP_BITS[group]
+        hashes.sort()  # presence, not frequency: drop repeats
+        keep = np.empty(hashes.size, dtype=bool)
+        keep[0] = True
+        np.not_equal(hashes[1:], hashes[:-1], out=keep[1:])
+        hashes = hashes[keep]
         groups = len(self.weights)
-        slots = (hashes & self._mask) + ((hashes >> np.uint64(56)) & np.uint64(7)) * np.uint64(self.dim)
+        # bucket + group * dim, as one mask and one shift (dim is a power of two)
+        slots = (hashes & self._mask) | ((hashes >> self._group_shift) & self._group_mask)
         signs = np.where(hashes >> np.uint64(63), -1.0, 1.0)
         per_group = np.bincount(slots.astype(np.intp), weights=signs, minlength=groups * self.dim)
         per_group = per_group.reshape(groups, self.dim)
-        norms = np.linalg.norm(per_group, axis=1)
+        # Sums of squared integers: exact in any order, so equal to ``np.linalg.norm``.
+        norms = np.sqrt(np.einsum("ij,ij->i", per_group, per_group))
         scale = np.divide(self.weights, norms, out=np.zeros(groups), where=norms > 0)
         out = (scale @ per_group).astype(np.float32)
         total = float(np.dot(out, out))

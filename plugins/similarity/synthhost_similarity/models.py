@@ -94,3 +94,25 @@ class SimilaritySettings(SQLModel, table=True):
     action: str | None = Field(default=None, max_length=10)
     epoch: int = 0
     updated_at: datetime = ts_column()
+
+
+class SimilarityQueued(SQLModel, table=True):
+    """A prompt waiting to be logged (``enable_similarity_logging``): written on the call
+    path by the batched writer, taken by whichever process delivers (see
+    ``synthhost_similarity.logger``), deleted once its log row is committed."""
+
+    __tablename__ = "similarity_queue"
+    __table_args__ = (sa.Index("ix_similarity_queue_time", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    workspace_id: str = Field(max_length=200)
+    user_id: str | None = Field(default=None, max_length=200)
+    org_id: str | None = Field(default=None, max_length=200)
+    run_id: str | None = Field(default=None, max_length=32)
+    span_id: str | None = Field(default=None, max_length=32)
+    trace_id: str | None = Field(default=None, max_length=32)
+    prompt: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    created_at: datetime = ts_column()
+    claimed_by: str | None = Field(default=None, max_length=64)
+    claimed_until: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True),
+                                                                             nullable=True))

@@ -92,12 +92,18 @@ def _health(host: Host) -> tuple[bool, str]:
         from synthhost_similarity.embedders import make_embedder
 
         return True, f"embedder {make_embedder(host.settings.env).name} (not started)"
+    from synthhost_similarity.logger import pending
+
     store = service.store
     refs = sum(len(store.library(ws)) for ws in store.workspaces())
+    try:
+        waiting = f"{pending(host.engine)} prompts waiting to be logged"
+    except Exception as exc:  # the table is checked by the database's own health line
+        waiting = f"logging backlog unknown ({type(exc).__name__})"
+    where = "here" if service.consumer is not None else f"by a worker (SYNTHHOST_DELIVERY={host.delivery})"
     return True, (
         f"embedder {service.embedder.name}, {len(store.workspaces())} workspaces and "
-        f"{refs} references in memory, {service.queued} prompts queued, "
-        f"{host.stats['similarity.dropped']} not logged (queue full)"
+        f"{refs} references in memory, {waiting} ({where})"
     )
 
 

@@ -12,14 +12,13 @@ Two modes, by flag (the plugin is active when either is on):
   workspace action: ``blocked`` denies the call with ``SIMILARITY_BLOCKED`` before the
   provider; ``flagged``/``warned`` are recorded on the span (``similarity.*``
   attributes) and as a ``prompt_similarity_flagged`` event; below it, ``allowed``.
-- ``enable_similarity_logging`` alone (log): ``post_call`` queues the prompt to a
-  background thread that does the same embedding and search off the call path and
-  records action ``allowed`` (nothing is acted on; the score and threshold are there).
-  The queue is bounded (``SYNTHHOST_SIMILARITY_QUEUE_SIZE``, default 10,000 prompts):
-  when it is full the call is never held back; the prompt is not logged, and that is
-  counted, never silent: ``host.stats["similarity.dropped"]`` (the metric), the health
-  check (``synthhost doctor``) shows the count, and a warning is logged at the first
-  drop and then at most once every 10 s with the running total.
+- ``enable_similarity_logging`` alone (log): ``post_call`` writes the prompt to the
+  ``similarity_queue`` table (through the batched writer: the call never waits), and
+  the delivering process (this one by default, a ``synthhost worker`` with
+  ``SYNTHHOST_DELIVERY=worker``) does the same embedding and search off the call path
+  and records action ``allowed`` (nothing is acted on; the score and threshold are
+  there). Nothing is dropped when it falls behind: the backlog waits in the table and
+  its depth is in ``synthhost health`` (see :mod:`synthhost_similarity.logger`).
 
 Every checked prompt writes one ``prompt_similarity_logs`` row (whichever flag asked for
 it: a decision without its row could not be audited), emits ``prompt_similarity_logged``
@@ -43,11 +42,13 @@ import numpy as np
 
 from synthhost.call import Call, StashKey, new_id
 from synthhost.errors import Denied, ErrorCode, UsageError
+from synthhost.gil import pause
 from synthhost.storage.models import utcnow
 from synthhost_similarity.embedders import Embedder, Vector, make_embedder
 from synthhost_similarity.flags import FLAG_CHECK as FLAG_CHECK
 from synthhost_similarity.flags import FLAG_LOG as FLAG_LOG
 from synthhost_similarity.index import EXACT_LIMIT
+from synthhost_similarity.logger import QUEUE, LogConsumer, Origin
 from synthhost_similarity.models import (
     ACTIONS,
     LOG_REFERENCE_TEXT_CAP,
@@ -147,12 +148,6 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
-class LogJob:
-    call: Call
-    prompt: str
-
-
-@dataclass(frozen=True, slots=True)
 class GrowJob:
     library: WorkspaceLibrary
 
@@ -182,12 +177,12 @@ class SimilarityService:
             overlap_s=float(env.get("SYNTHHOST_SIMILARITY_REFRESH_OVERLAP_S") or 15.0),
             exact_limit=int(env.get("SYNTHHOST_SIMILARITY_EXACT_LIMIT") or EXACT_LIMIT),
         )
-        self._queue: queue.Queue[LogJob | GrowJob | object] = queue.Queue(
-            maxsize=int(env.get("SYNTHHOST_SIMILARITY_QUEUE_SIZE") or 10_000)
-        )
+        # Index growth (copying a large matrix) runs on a thread of its own.
+        self._queue: queue.Queue[GrowJob | object] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self._next_drop_warning = 0.0
         self._stopped = False
+        # Logging is worked off where delivery happens (see synthhost_similarity.logger).
+        self.consumer = LogConsumer(self) if host.delivery == "inline" else None
         self._refresh_stop = threading.Event()
         self._refresher: threading.Thread | None = None
 
@@ -195,6 +190,8 @@ class SimilarityService:
 
     def start(self) -> None:
         self._stopped = False
+        if self.consumer is not None:
+            self.consumer.start()
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="synthhost-similarity", daemon=True)
             self._thread.start()
@@ -205,7 +202,9 @@ class SimilarityService:
             self._refresher.start()
 
     def stop(self, timeout: float) -> bool:
-        """Finish the queued work (bounded by ``timeout``) and stop the thread."""
+        """Log the queued prompts (bounded by ``timeout``; the rest stay queued in the
+        table) and stop the threads."""
+        ok = self.consumer.stop(timeout) if self.consumer is not None else True
         self._stopped = True
         self._refresh_stop.set()
         refresher, self._refresher = self._refresher, None
@@ -213,20 +212,10 @@ class SimilarityService:
             refresher.join(timeout)
         thread, self._thread = self._thread, None
         if thread is None:
-            return True
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            return False
+            return ok
+        self._queue.put(_STOP)
         thread.join(timeout)
-        if thread.is_alive():
-            log.error("similarity logger did not finish within %.1f s", timeout)
-            return False
-        return True
-
-    @property
-    def queued(self) -> int:
-        return self._queue.qsize()
+        return ok and not thread.is_alive()
 
     # -- the check (call path) ------------------------------------------------------------
 
@@ -289,35 +278,28 @@ class SimilarityService:
         if CHECKED in call.stash:
             return
         prompt = storable(checked_text(call))
-        if prompt.strip() and not self._submit(LogJob(call, prompt)):
-            self._dropped()
+        if not prompt.strip():
+            return
+        self.host.writer.submit_values(QUEUE, {
+            "id": new_id(), "workspace_id": call.workspace, "user_id": call.user, "org_id": call.org,
+            "run_id": call.run_id, "span_id": call.span_id, "trace_id": call.trace_id,
+            "prompt": prompt[:REFERENCE_TEXT_CAP], "created_at": utcnow(),
+        })
+        if self.consumer is not None:
+            self.consumer.wake()
 
-    def _dropped(self) -> None:
-        stats = self.host.stats
-        stats["similarity.dropped"] += 1
-        now = time.monotonic()
-        if now >= self._next_drop_warning:
-            self._next_drop_warning = now + 10.0
-            log.warning(
-                "similarity logging is behind: %d prompts not logged so far (queue full at %d, "
-                "SYNTHHOST_SIMILARITY_QUEUE_SIZE, or logger stopped)",
-                stats["similarity.dropped"], self._queue.maxsize,
-            )
-
-    def _submit(self, job: LogJob | GrowJob) -> bool:
-        """Hand work to the background thread; False when it cannot take it."""
+    def _submit(self, job: GrowJob) -> bool:
+        """Hand an index growth to the background thread; False when it cannot take it."""
         if self._stopped:
             return False
         if self._thread is None:  # start-up was skipped (a host used without ``async with``)
             self.start()
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            return False
+        self._queue.put_nowait(job)
         return True
 
     def _work(self) -> None:
         while True:
+            pause()  # one prompt per GIL hold: calls waiting on a socket get back in
             job = self._queue.get()
             try:
                 if job is _STOP:
@@ -327,22 +309,22 @@ class SimilarityService:
                     if index is not None:
                         index.grow_ahead()
                     job.library.growing = False
-                elif isinstance(job, LogJob):
-                    self._log_one(job)
             except Exception as exc:  # one bad prompt must not stop the logger
                 self.host.stats["similarity.errors"] += 1
                 log.warning("similarity logging failed: %s: %s", type(exc).__name__, exc)
             finally:
                 self._queue.task_done()
 
-    def _log_one(self, job: LogJob) -> None:
+    def log_prompt(self, origin: Origin, prompt: str) -> None:
+        """Log one queued prompt (the consumer's thread)."""
         started = time.perf_counter()
-        workspace = job.call.workspace
-        library = self.store.refresh(workspace)  # no-op unless due
-        vector = self.embedder.embed([job.prompt])[0]
-        digest = text_hash(job.prompt)
+        library = self.store.refresh(origin.workspace)  # no-op unless due
+        vector = self.embedder.embed([prompt])[0]
+        digest = text_hash(prompt)
+        pause()
         outcome = self.evaluate(library, vector, digest, acting=False, started=started)
-        self.record(job.call, job.prompt, vector, library, outcome)
+        pause()
+        self.record(origin, prompt, vector, library, outcome)
 
     # -- shared -------------------------------------------------------------------------
 
@@ -373,7 +355,8 @@ class SimilarityService:
             mode="check" if acting else "log",
         )
 
-    def record(self, call: Call, prompt: str, vector: Vector, library: WorkspaceLibrary, outcome: Outcome) -> None:
+    def record(self, call: Call | Origin, prompt: str, vector: Vector, library: WorkspaceLibrary,
+               outcome: Outcome) -> None:
         """Queue the log row and the event, then add the prompt to the library."""
         digest = outcome.prompt_hash
         ref = outcome.reference
@@ -404,7 +387,8 @@ class SimilarityService:
             },
         )
         status = {"blocked": "error", "flagged": "warning", "warned": "warning"}.get(outcome.action, "success")
-        self.host.emit(EVENT_LOGGED, call=call, status=status, **outcome.fields(prompt))
+        self.host.emit(EVENT_LOGGED, workspace=call.workspace, user=call.user, org=call.org, run_id=call.run_id,
+                       trace_id=call.trace_id, span_id=call.span_id, status=status, **outcome.fields(prompt))
         self.add_reference(library, prompt, vector, "prompt", digest)
 
     def add_reference(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -227,3 +229,72 @@ def test_similarity_embedder_registry_and_env() -> None:
         make_embedder({"SYNTHHOST_SIMILARITY_EMBEDDER": "nope"})
     with pytest.raises(ValueError, match="power of two"):
         HashedNgramEmbedder(300)
+
+
+def _reference_embed(text: str, dim: int) -> np.ndarray:
+    """hashed-ngram-v1 written plainly (the first implementation, one array per feature
+    group): the optimised ``embed_one`` must give the same bytes."""
+    mask = np.uint64(dim - 1)
+    prime, seed = np.uint64(0x100000001B3), np.uint64(0x9E3779B97F4A7C15)
+    m64 = 0xFFFFFFFFFFFFFFFF
+    salts = [np.uint64((0x5851F42D4C957F2D * (i + 1)) & m64) for i in range(5)]
+
+    def mix(h: np.ndarray) -> np.ndarray:
+        h = h ^ (h >> np.uint64(30))
+        h = h * np.uint64(0xBF58476D1CE4E5B9)
+        h = h ^ (h >> np.uint64(27))
+        h = h * np.uint64(0x94D049BB133111EB)
+        return h ^ (h >> np.uint64(31))
+
+    norm = normalize_text(embedders._cap(text))
+    if not norm:
+        return np.zeros(dim, dtype=np.float32)
+    parts: list[np.ndarray] = []
+    group_ids: list[int] = []
+    padded = f" {norm.replace(' ', '')} "
+    codes = np.frombuffer(padded.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+    h = np.full(codes.size, seed, dtype=np.uint64)
+    for n in range(1, 6):
+        count = codes.size - n + 1
+        if count <= 0:
+            break
+        h = h[:count] * prime + codes[n - 1 : n - 1 + count]
+        if n >= 3:
+            parts.append(h ^ salts[len(group_ids)])
+            group_ids.append(len(group_ids))
+    words = norm.split(" ")
+    uni = np.array([zlib.crc32(w.encode("utf-8", "surrogatepass")) for w in words], dtype=np.uint64)
+    parts.append(uni ^ salts[3])
+    group_ids.append(3)
+    if len(words) > 1:
+        parts.append(mix(uni[:-1] ^ salts[4]) * prime + uni[1:])
+        group_ids.append(4)
+    hashes = mix(np.concatenate(parts)) & np.uint64(m64 ^ (7 << 56))
+    hashes |= np.repeat(np.array(group_ids, dtype=np.uint64) << np.uint64(56), [p.size for p in parts])
+    hashes = np.unique(hashes)
+    slots = (hashes & mask) + ((hashes >> np.uint64(56)) & np.uint64(7)) * np.uint64(dim)
+    signs = np.where(hashes >> np.uint64(63), -1.0, 1.0)
+    per_group = np.bincount(slots.astype(np.intp), weights=signs, minlength=5 * dim).reshape(5, dim)
+    norms = np.linalg.norm(per_group, axis=1)
+    scale = np.divide((1.0, 1.0, 1.0, 0.5, 0.3), norms, out=np.zeros(5), where=norms > 0)
+    out = (scale @ per_group).astype(np.float32)
+    total = float(np.dot(out, out))
+    if total > 0:
+        out /= np.float32(np.sqrt(total))
+    return out
+
+
+def test_similarity_embedding_is_bit_identical_to_the_plain_algorithm() -> None:
+    rng = random.Random(3)
+    alphabet = "aeiou xyz\u00e9\u6f22\U0001f600\ud800\t.,-!\u212b\ufb01\uff210123456789\u0301"
+    texts = [a for pair in NEAR + FAR for a in pair] + [SUPPORT, SENTENCE, "", " ", "a", "ab", "a b", "?!", "😀"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 60))) for _ in range(1500)]
+    texts += [
+        " ".join(rng.choice(["hash", "map", "e-mail", "x", "ß"]) for _ in range(rng.randrange(1, 9)))
+        for _ in range(300)
+    ]
+    texts += ["w " * 15_000, "abc" * 9_000]  # past MAX_EMBED_CHARS: head and tail
+    for dim in (16, 512):
+        fast = HashedNgramEmbedder(dim)
+        for text in texts:
+            assert fast.embed_one(text).tobytes() == _reference_embed(text, dim).tobytes(), repr(text[:80])
