@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         RegisterHealthCheck,
         RegisterMigrations,
         RegisterProvider,
+        RegisterRetention,
     )
     from synthhost.trace import Trace
 
@@ -152,6 +153,23 @@ def register_health_checks(register: RegisterHealthCheck) -> None:
 
     :param register: ``register(name, check)``; ``check(host)`` returns (or awaits to)
         ``(ok: bool, detail: str)``. A check that raises counts as failed.
+
+    Return value: ignored.
+    """
+
+
+@hookspec
+def register_retention(register: RegisterRetention) -> None:
+    """Declare a table whose rows age out, for ``synthhost db prune`` and the worker.
+
+    :param register: ``register(table, time_column="created_at", *, only=None)``. Rows
+        whose ``time_column`` is older than the table's retention are deleted in small
+        batches (see :mod:`synthhost.retention`); ``only`` (``{column: value}``) limits
+        pruning to rows that also match (the outbox prunes only ``delivered`` rows). The
+        table needs a single-column primary key. Retention is configured by the operator
+        (``SYNTHHOST_RETENTION_DAYS``, ``SYNTHHOST_RETENTION_<TABLE>_DAYS``); a table
+        without a configured retention is never pruned. A table registered by two
+        plugins is refused.
 
     Return value: ignored.
     """

@@ -29,6 +29,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "synthhost.default_plugins.gemini",
     "synthhost.default_plugins.recovery",
     "synthhost.default_plugins.scheduler",
+    "synthhost.default_plugins.retention",
 )
 
 

@@ -99,6 +99,16 @@ class ExporterSpec:
 HealthCheck = Callable[["Host"], "tuple[bool, str] | Awaitable[tuple[bool, str]]"]
 
 
+@dataclass(frozen=True, slots=True)
+class RetentionSpec:
+    """A table whose rows age out (see :mod:`synthhost.retention`)."""
+
+    table: str
+    time_column: str
+    plugin: str
+    only: tuple[tuple[str, Any], ...] = ()  # column == value conditions a row must meet too
+
+
 class RegisterFlag(Protocol):
     def __call__(self, name: str, default: bool = False, description: str = "") -> None: ...
 
@@ -115,6 +125,11 @@ class RegisterMigrations(Protocol):
 
 class RegisterProvider(Protocol):
     def __call__(self, name: str, factory: ProviderFactory) -> None: ...
+
+
+class RegisterRetention(Protocol):
+    def __call__(self, table: str, time_column: str = "created_at", *,
+                 only: Mapping[str, Any] | None = None) -> None: ...
 
 
 class RegisterExporter(Protocol):
@@ -143,6 +158,7 @@ class Registry:
     providers: dict[str, ProviderSpec] = field(default_factory=dict)
     exporters: dict[str, ExporterSpec] = field(default_factory=dict)
     health_checks: dict[str, tuple[str, HealthCheck]] = field(default_factory=dict)
+    retention: dict[str, RetentionSpec] = field(default_factory=dict)
 
     def add_flag(self, plugin: str, name: str, default: bool = False, description: str = "") -> None:
         existing = self.flags.get(name)
@@ -198,3 +214,11 @@ class Registry:
 
     def add_health_check(self, plugin: str, name: str, check: HealthCheck) -> None:
         self.health_checks[name] = (plugin, check)
+
+    def add_retention(self, plugin: str, table: str, time_column: str = "created_at",
+                      only: Mapping[str, Any] | None = None) -> None:
+        existing = self.retention.get(table)
+        if existing is not None and existing.plugin != plugin:
+            raise RegistrationError(f"retention for table {table!r} registered by {existing.plugin!r} "
+                                    f"and {plugin!r}")
+        self.retention[table] = RetentionSpec(table, time_column, plugin, tuple(sorted((only or {}).items())))

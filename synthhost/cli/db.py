@@ -65,3 +65,33 @@ def current() -> None:
         for rev in sorted(applied | heads):
             state = "head" if rev in applied and rev in heads else ("pending" if rev in heads else "old")
             click.echo(f"  {rev}  {state}")
+
+
+@db.command()
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--batch", type=click.IntRange(1, 1_000_000), default=5_000, show_default=True,
+              help="Rows per delete transaction.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per table.")
+def prune(dry_run: bool, batch: int, as_json: bool) -> None:
+    """Delete log rows older than their retention (SYNTHHOST_RETENTION_DAYS,
+    SYNTHHOST_RETENTION_<TABLE>_DAYS), in small batches, from every table the host and the
+    installed plugins declare."""
+    import json
+
+    from synthhost.retention import configured
+    from synthhost.retention import prune as run_prune
+
+    with cli_host() as host:
+        specs = host.registry.retention
+        if not configured(host.settings.env, specs) and not as_json:
+            click.echo("no retention configured (SYNTHHOST_RETENTION_DAYS or SYNTHHOST_RETENTION_<TABLE>_DAYS); "
+                       f"declared tables: {', '.join(sorted(specs))}")
+            return
+        for result in run_prune(host.engine, host.settings.env, specs, batch=batch, dry_run=dry_run):
+            if as_json:
+                click.echo(json.dumps({"table": result.table, "days": result.days, "rows": result.rows,
+                                       "dry_run": result.dry_run, "seconds": result.seconds}))
+            else:
+                verb = "would delete" if dry_run else "deleted"
+                click.echo(f"{result.table}: {verb} {result.rows} rows older than {result.days:g} days "
+                           f"({result.seconds:.2f} s)")

@@ -5,13 +5,18 @@ atomically, so adding workers adds throughput without duplicates."""
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import click
 
 from synthhost.cli.types import WORKSPACE
-from synthhost.errors import SynthhostError
+from synthhost.errors import SynthhostError, UsageError
+
+log = logging.getLogger("synthhost.worker")
 
 
 @click.command("worker")
@@ -41,21 +46,25 @@ def worker_command(schedule_paths: tuple[Path, ...], workspace: str | None, unti
         try:
             async with open_host(env={**os.environ, "SYNTHHOST_DELIVERY": "inline"}) as host:  # this process delivers
                 exporters = sorted(host._outbox.lanes) if host._outbox is not None else []
-                click.echo(f"worker: delivering to {', '.join(exporters) or 'no configured exporter'}"
-                           + (f"; {len(jobs)} scheduled agent(s)" if jobs else ""), err=True)
-                if jobs:
-                    from synthhost.agent import check_providers
-                    from synthhost.scheduler import Scheduler
+                pruning = _start_pruning(host)
+                try:
+                    click.echo(f"worker: delivering to {', '.join(exporters) or 'no configured exporter'}"
+                               + (f"; {len(jobs)} scheduled agent(s)" if jobs else ""), err=True)
+                    if jobs:
+                        from synthhost.agent import check_providers
+                        from synthhost.scheduler import Scheduler
 
-                    for job in jobs:
-                        check_providers(job.spec, host.registry.providers, job.spec.source)
-                    scheduler = Scheduler(host, jobs)
-                    await scheduler.prepare()
-                    await scheduler.serve(until=until)
-                elif until is not None:
-                    await anyio.sleep(until)
-                else:
-                    await anyio.sleep_forever()
+                        for job in jobs:
+                            check_providers(job.spec, host.registry.providers, job.spec.source)
+                        scheduler = Scheduler(host, jobs)
+                        await scheduler.prepare()
+                        await scheduler.serve(until=until)
+                    elif until is not None:
+                        await anyio.sleep(until)
+                    else:
+                        await anyio.sleep_forever()
+                finally:
+                    pruning.set()  # before the host (and its engine) closes
         except SynthhostError as exc:
             return exc
         return None
@@ -68,3 +77,37 @@ def worker_command(schedule_paths: tuple[Path, ...], workspace: str | None, unti
     if outcome is not None:
         raise outcome
     click.echo("worker: done", err=True)
+
+
+def _start_pruning(host: Any) -> threading.Event:
+    """Prune past-retention rows every SYNTHHOST_RETENTION_INTERVAL_S (3600) in a thread,
+    when a retention is configured (see synthhost.retention). Returns its stop event."""
+    from synthhost.retention import configured, prune
+
+    stop = threading.Event()
+    env = host.settings.env
+    if not configured(env, host.registry.retention):
+        return stop
+    raw = env.get("SYNTHHOST_RETENTION_INTERVAL_S") or "3600"
+    try:
+        interval = float(raw)
+        if not 1 <= interval <= 7 * 86400:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"SYNTHHOST_RETENTION_INTERVAL_S={raw!r}: expected seconds between 1 and 604800") from None
+
+    def loop() -> None:
+        while True:
+            try:
+                for result in prune(host.engine, env, host.registry.retention):
+                    if result.rows:
+                        log.info("retention: deleted %d rows of %s older than %g days",
+                                 result.rows, result.table, result.days)
+                        host.stats[f"retention_pruned.{result.table}"] += result.rows
+            except Exception as exc:  # the database may be away: try at the next interval
+                log.warning("retention: prune failed: %s: %s", type(exc).__name__, exc)
+            if stop.wait(interval):
+                return
+
+    threading.Thread(target=loop, name="synthhost-retention", daemon=True).start()
+    return stop

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from synthhost.call import Call
     from synthhost.host import Host
-    from synthhost.registry import RegisterFlag, RegisterGate, RegisterMigrations
+    from synthhost.registry import RegisterFlag, RegisterGate, RegisterMigrations, RegisterRetention
     from synthhost_cost.pricing import Override
     from synthhost_cost.state import CostState
 
@@ -103,6 +103,11 @@ def register_flags(register: RegisterFlag) -> None:
 @hookimpl
 def register_gate(register: RegisterGate) -> None:
     register(FLAG, order={"post_call": Stage.COST, "on_failure": Stage.COST})
+
+
+@hookimpl
+def register_retention(register: RegisterRetention) -> None:
+    register("model_cost_logs", "created_at")
 
 
 @hookimpl

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         RegisterGate,
         RegisterHealthCheck,
         RegisterMigrations,
+        RegisterRetention,
     )
     from synthhost_similarity.service import SimilarityService
 
@@ -67,6 +68,11 @@ def register_gate(register: RegisterGate) -> None:
         lambda f: f[FLAG_LOG] or f[FLAG_CHECK],
         order={"pre_call": Stage.SIMILARITY, "post_call": Stage.SIMILARITY_LOG},
     )
+
+
+@hookimpl
+def register_retention(register: RegisterRetention) -> None:
+    register("prompt_similarity_logs", "created_at")
 
 
 @hookimpl
