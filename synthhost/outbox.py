@@ -397,7 +397,10 @@ class OutboxWorker:
             lanes[spec.name] = _Lane(spec, exporter)
         self.lanes = lanes
         self._started = True
-        self._stopping.clear()
+        # A fresh event per run: a thread of an earlier run that outlived its stop()
+        # (still sending at the deadline) sees it is stale and exits, instead of
+        # resuming with its old lane when this run clears the flag.
+        self._stopping = threading.Event()
         self._deadline = float("inf")
         self.live_specs = tuple(lane.spec for lane in self.lanes.values())
         writer = getattr(self.host, "writer", None)
@@ -480,8 +483,11 @@ class OutboxWorker:
         next_reap = 0.0
         next_prune = time.monotonic() + 60.0
         peek = True
+        stopping = self._stopping  # this run's
         while True:
-            draining = self._stopping.is_set()
+            if stopping is not self._stopping:
+                return  # stopped, and a newer start() runs its own threads
+            draining = stopping.is_set()
             now = time.monotonic()
             # While draining, start a batch only if it can finish before the deadline.
             if draining and now + 2 * lane.send_s >= self._deadline:
@@ -489,7 +495,7 @@ class OutboxWorker:
             if not draining and now < lane.paused_until:
                 # After a failed send the whole lane pauses: a dead receiver is probed
                 # once per backoff delay, not once per batch or per thread.
-                self._stopping.wait(lane.paused_until - now)
+                stopping.wait(lane.paused_until - now)
                 continue
             try:
                 if housekeeping and now >= next_reap:
@@ -645,10 +651,11 @@ class OutboxWorker:
             event_ids = exc.event_ids if isinstance(exc, RetryableSendError) else None
             hit, rest = self._split(batch, by_event, event_ids)
             lane.failures += 1
-            self._retry(lane, hit, _error_text(exc), by_event)
+            parked = self._retry(lane, hit, _error_text(exc), by_event)
             self._release(rest)
             key = "retried" if isinstance(exc, RetryableSendError) else "errors"
-            self._count(lane, key, len(hit))
+            if len(hit) > parked:  # rows that gave up are counted as parked only
+                self._count(lane, key, len(hit) - parked)
             log.warning(
                 "outbox %s: send failed (%d events, attempt %d): %s",
                 lane.name, len(hit), lane.failures, _error_text(exc),
@@ -698,9 +705,10 @@ class OutboxWorker:
 
     def _retry(
         self, lane: _Lane, ids: list[int], error: str, by_event: Mapping[str, tuple[int, int]]
-    ) -> None:
+    ) -> int:
+        """Back to pending with backoff, or parked past ``max_attempts``: how many parked."""
         if not ids:
-            return
+            return 0
         t = OUTBOX
         now = utcnow()
         attempts = {row_id: n for row_id, n in by_event.values()}
@@ -711,7 +719,7 @@ class OutboxWorker:
         parked = set(park)
         retry = [i for i in ids if i not in parked]
         if not retry:
-            return
+            return len(park)
         # One delay for the batch: it was one request, it is retried as one.
         delay = lane.delay(max(attempts[i] for i in retry) + 1)
         with self._bookkeeping() as conn:
@@ -728,6 +736,7 @@ class OutboxWorker:
                     last_attempt_at=now,
                 )
             )
+        return len(park)
 
     def _release(self, ids: list[int]) -> None:
         """Give back rows that were claimed but not sent (due now, attempts unchanged)."""
