@@ -165,7 +165,7 @@ def load_traces(engine: sa.Engine, run_ids: Sequence[str]) -> dict[str, Trace]:
     return out
 
 
-def _trace(run: Mapping[str, Any], spans: Iterable[Mapping[str, Any]], events: Iterable[Mapping[str, Any]]) -> Trace:
+def _trace(run: Mapping[Any, Any], spans: Iterable[Mapping[Any, Any]], events: Iterable[Mapping[Any, Any]]) -> Trace:
     return Trace(
         run_id=run["id"], trace_id=run["trace_id"], workspace=run["workspace_id"], name=run["name"],
         started_at=_ts(run["started_at"]) or 0.0, ended_at=_ts(run["ended_at"]) or 0.0,
