@@ -14,16 +14,17 @@ RudderStack and to Langfuse, and whether the backlog stays bounded under steady 
    decodes and counts what arrived. Figures: events/s and traces/s, requests, and the
    receiver's count.
 3. Steady state (``--steady RATE``): a host makes ``RATE`` calls/s for ``--duration``
-   seconds (the same plugin set, delivery ``--delivery worker``: a separate delivering
-   process, as production is advised to run, or ``inline``: threads in the calling
-   process), both exporters delivering, and the script prints the pending backlog
-   (pending + retrying + in flight) per exporter every second, then how long the rest
-   takes to drain (bounded by ``--drain-s``). A backlog that levels off means the outbox
-   keeps up.
+   seconds (the same plugin set; delivery ``--delivery worker``: ``--workers`` separate
+   delivering processes, as production is advised to run, or ``inline``: threads in the
+   calling process), both exporters delivering, and the script prints the pending
+   backlog (pending + retrying + in flight) per exporter every second, then how long the
+   rest takes to drain (bounded by ``--drain-s``). A backlog that levels off means the
+   outbox keeps up.
 
     uv run --frozen python benchmarks/outbox.py                             # SQLite
     uv run --frozen python benchmarks/outbox.py --db postgresql
     uv run --frozen python benchmarks/outbox.py --steady 1000 --duration 30
+    uv run --frozen python benchmarks/outbox.py --steady 1000 --duration 30 --workers 2
     uv run --frozen python benchmarks/outbox.py --db postgresql --steady 1000 --delivery inline
     uv run --frozen python benchmarks/outbox.py --call-path --json
 
@@ -284,15 +285,16 @@ async def drain(url: str, receiver: Receiver, exporter: str, count: int, timeout
     first: tuple[float, int] | None = None  # (when, how many) the first deliveries were seen
     async with host:
         while time.perf_counter() - started < timeout_s:
-            s = queue_stats(host.engine, [exporter])[exporter]
-            delivered = int(s["delivered"])
+            # The lane's own counter: polling the database would compete with the lane.
+            delivered = int(host._outbox.stats.get(exporter, {}).get("delivered", 0))
             if first is None and delivered:
                 first = (time.perf_counter(), delivered)
             if delivered >= count:
                 break
-            await anyio.sleep(0.02)
+            await anyio.sleep(0.01)
         ended = time.perf_counter()
         lane = dict(host._outbox.stats.get(exporter, {}))
+        delivered = int(queue_stats(host.engine, [exporter])[exporter]["delivered"])  # the database's word
     elapsed = ended - started
     # The rate once delivering (start-up, imports and the SDK's first use excluded).
     rate = (delivered - first[1]) / (ended - first[0]) if first and ended > first[0] else 0.0
@@ -311,18 +313,20 @@ async def drain(url: str, receiver: Receiver, exporter: str, count: int, timeout
 
 
 async def steady(url: str, receiver: Receiver, rate: float, duration: float, delivery: str,
-                 drain_s: float) -> dict[str, Any]:
+                 drain_s: float, workers: int = 1) -> dict[str, Any]:
     from synthhost.outbox import queue_stats
 
     env = env_for(url, receiver.url, delivery="worker" if delivery == "worker" else "inline")
     host = _calling_host(env)
     host.migrate()
-    deliverer: subprocess.Popen[str] | None = None
+    deliverers: list[subprocess.Popen[str]] = []
     if delivery == "worker":
         deliver_env = {**env, "SYNTHHOST_DELIVERY": "inline"}
-        deliverer = subprocess.Popen(
-            [sys.executable, "-c", DELIVERER, json.dumps(deliver_env), str(duration + drain_s + 30)], text=True
-        )
+        deliverers = [
+            subprocess.Popen([sys.executable, "-c", DELIVERER, json.dumps(deliver_env), str(duration + drain_s + 30)],
+                             text=True)
+            for _ in range(workers)
+        ]
     samples: list[dict[str, Any]] = []
     late: list[float] = []
     names = ["rudderstack", "langfuse"]
@@ -375,13 +379,15 @@ async def steady(url: str, receiver: Receiver, rate: float, duration: float, del
                 tg.cancel_scope.cancel()
             final = queue_stats(host.engine, names)
     finally:
-        if deliverer is not None:
+        for deliverer in deliverers:
             deliverer.terminate()
+        for deliverer in deliverers:
             deliverer.wait(30)
     during = [r for r in samples if r["t"] <= duration + 0.5]
     half = during[len(during) // 2:] if during else []
     return {
-        "rate": rate, "duration_s": duration, "delivery": delivery, "calls": total,
+        "rate": rate, "duration_s": duration, "delivery": delivery,
+        "delivering_processes": workers if delivery == "worker" else 1, "calls": total,
         "call_seconds": round(called, 2), "achieved_calls_per_s": round(total / called, 1),
         "late_calls": len(late),
         "max_pending": {n: max((r[n] for r in during), default=0) for n in names},
@@ -411,6 +417,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--drain-s", type=float, default=60.0)
     parser.add_argument("--delivery", choices=["worker", "inline"], default="worker")
+    parser.add_argument("--workers", type=int, default=1, help="delivering processes (--delivery worker)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -422,10 +429,11 @@ def main() -> None:
                 result["call_path"] = anyio.run(call_path, url, receiver.url, 2000)
         if args.steady:
             print(f"steady state ({args.db}): {args.steady:.0f} calls/s for {args.duration:.0f} s, "
-                  f"delivery {args.delivery}, receiver +{args.receiver_delay_ms:g} ms/request", flush=True)
+                  f"delivery {args.delivery} ({args.workers if args.delivery == 'worker' else 1} delivering "
+                  f"process(es)), receiver +{args.receiver_delay_ms:g} ms/request", flush=True)
             with Database(args.db) as url:
                 result["steady"] = anyio.run(steady, url, receiver, args.steady, args.duration, args.delivery,
-                                             args.drain_s)
+                                             args.drain_s, args.workers)
         else:
             with Database(args.db) as url:
                 filled = anyio.run(fill, url, receiver.url, args.calls)
@@ -462,7 +470,8 @@ def report(result: dict[str, Any]) -> None:
     s = result.get("steady")
     if s:
         print(f"steady: {s['calls']} calls at {s['achieved_calls_per_s']} calls/s (target {s['rate']:g}; "
-              f"{s['late_calls']} started late), delivery {s['delivery']}")
+              f"{s['late_calls']} started late), delivery {s['delivery']}, "
+              f"{s['delivering_processes']} delivering process(es)")
         for n in ("rudderstack", "langfuse"):
             print(f"  {n:<12} max pending {s['max_pending'][n]:>7}  (second half {s['second_half_max_pending'][n]:>7})"
                   f"  at end {s['end_pending'][n]:>7}  delivered {s['delivered'][n]:>7}  parked {s['parked'][n]}")
