@@ -191,7 +191,12 @@ class Database:
 
 
 def env_for(url: str, receiver_url: str, *, plugins: str = PLUGINS, delivery: str = "inline") -> dict[str, str]:
+    # Exporter tuning from the environment (RUDDERSTACK_BATCH_SIZE=..., SYNTHHOST_LANGFUSE_CONCURRENCY=...).
+    tuning = {k: v for k, v in os.environ.items()
+              if k.startswith(("RUDDERSTACK_BATCH", "RUDDERSTACK_CONCURRENCY", "RUDDERSTACK_FLUSH",
+                               "SYNTHHOST_LANGFUSE_", "SYNTHHOST_OUTBOX_"))}
     return {
+        **tuning,
         "DATABASE_URL": url,
         "SYNTHHOST_LOAD_PLUGINS": plugins,
         "SYNTHHOST_DELIVERY": delivery,

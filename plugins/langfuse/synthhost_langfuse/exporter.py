@@ -78,8 +78,9 @@ class LangfuseExporter:
         self.redactor = Redactor(host.settings.env, max_chars=config.max_field_chars)
         # Outbox lane tuning.
         self.batch_size = config.batch_size
-        # Two batches in flight: one builds its spans (CPU) while the other waits for
-        # the database or for Langfuse's answer.
+        # One batch at a time by default: the work is CPU under the GIL (building spans,
+        # encoding them) and the SDK's processor sends one request at a time anyway; a
+        # second thread measured slower (thread switching), not faster.
         self.concurrency = config.concurrency
         # Let a partial batch wait to fill: fewer, larger exports and fewer outbox
         # transactions competing with the call path's commits (SQLite has one writer).

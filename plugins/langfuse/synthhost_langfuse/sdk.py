@@ -436,8 +436,8 @@ class LangfuseBackend:
                         log.exception("langfuse: could not build trace %s", plan.run_id)
                         tickets[plan.run_id].error = f"could not build trace: {type(exc).__name__}: {exc}"
                     queued += len(plan.observations)
-                    # Stay well under the processor's 2048-span queue, with a
-                    # concurrent export (another lane thread) queueing as well.
+                    # Stay well under the processor's 2048-span queue, even with
+                    # SYNTHHOST_LANGFUSE_CONCURRENCY > 1 (other threads queue too).
                     if queued >= 500:
                         self.client.flush()
                         queued = 0
