@@ -13,9 +13,12 @@ each claim due rows, loads their events, calls ``exporter.send(events)`` and rec
 - :class:`PermanentSendError`: ``parked`` with its error: counted by
   :func:`queue_stats`, re-queued by ``synthhost queue retry-parked``, never dropped.
 
-Claims are safe across processes: on PostgreSQL a claim is one ``WITH picked AS
-MATERIALIZED (SELECT ... FOR UPDATE SKIP LOCKED) UPDATE ... FROM picked``, on SQLite one
-``UPDATE ... WHERE id IN (SELECT ...)`` (atomic under SQLite's single writer lock). A
+Claims are in bulk and safe across processes: on PostgreSQL one statement claims a
+batch and returns its events (``WITH picked AS MATERIALIZED (SELECT ... FOR UPDATE SKIP
+LOCKED), claimed AS (UPDATE ... FROM picked RETURNING ...) SELECT ... FROM claimed LEFT
+JOIN event_logs``), on SQLite one ``UPDATE ... WHERE id IN (SELECT ...)`` (atomic under
+SQLite's single writer lock) then one SELECT of the events. Finishing a batch is one
+UPDATE (``id = ANY(array)`` on PostgreSQL), per outcome. A
 claim carries ``claimed_by``/``claimed_until``; a claim whose holder died is re-queued
 once ``claimed_until`` has passed (the batch may then be sent twice: receivers
 de-duplicate on the event id, which exporters send as the message id).
