@@ -395,9 +395,10 @@ from synthhost import Host
 from synthhost.outbox import OutboxWorker
 from synthhost.settings import Settings
 
-url, tag, go = sys.argv[1], sys.argv[2], sys.argv[3]
+url, tag, other, go = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 host = Host(Settings.from_env({"DATABASE_URL": url}), load_entrypoints=False)
 worker = OutboxWorker(host, worker_id=tag)
+worker.claim("nobody", 1)  # connected before the start
 while not os.path.exists(go):  # start together: the claims must race
     time.sleep(0.001)
 got = []
@@ -406,7 +407,12 @@ while True:
     if not batch:
         break
     got.append([row_id for row_id, _, _ in batch])
-    time.sleep(0.005)  # as a lane sends between claims: the other process gets its turn
+    if len(got) == 1:  # both in the race before either goes on (however loaded the machine)
+        open(go + "." + tag, "w").close()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(go + "." + other) and time.monotonic() < deadline:
+            time.sleep(0.001)
+    time.sleep(0.002)  # as a lane sends between claims
 host.engine.dispose()
 print(json.dumps(got))
 """
@@ -425,9 +431,9 @@ async def test_bulk_claims_from_two_processes_never_share_a_row(make_host, db_ur
         script, go = tmp_path / "claim.py", tmp_path / "go"
         script.write_text(CLAIMER)
         procs = [
-            subprocess.Popen([sys.executable, str(script), db_url, tag, str(go)], stdout=subprocess.PIPE,
+            subprocess.Popen([sys.executable, str(script), db_url, tag, other, str(go)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-            for tag in ("a", "b")
+            for tag, other in (("a", "b"), ("b", "a"))
         ]
         await anyio.sleep(1.0)  # both imported and waiting
         go.write_text("go")
