@@ -13,9 +13,12 @@ each claim due rows, loads their events, calls ``exporter.send(events)`` and rec
 - :class:`PermanentSendError`: ``parked`` with its error: counted by
   :func:`queue_stats`, re-queued by ``synthhost queue retry-parked``, never dropped.
 
-Claims are safe across processes: on PostgreSQL a claim is one ``WITH picked AS
-MATERIALIZED (SELECT ... FOR UPDATE SKIP LOCKED) UPDATE ... FROM picked``, on SQLite one
-``UPDATE ... WHERE id IN (SELECT ...)`` (atomic under SQLite's single writer lock). A
+Claims are in bulk and safe across processes: on PostgreSQL one statement claims a
+batch and returns its events (``WITH picked AS MATERIALIZED (SELECT ... FOR UPDATE SKIP
+LOCKED), claimed AS (UPDATE ... FROM picked RETURNING ...) SELECT ... FROM claimed LEFT
+JOIN event_logs``), on SQLite one ``UPDATE ... WHERE id IN (SELECT ...)`` (atomic under
+SQLite's single writer lock) then one SELECT of the events. Finishing a batch is one
+UPDATE (``id = ANY(array)`` on PostgreSQL), per outcome. A
 claim carries ``claimed_by``/``claimed_until``; a claim whose holder died is re-queued
 once ``claimed_until`` has passed (the batch may then be sent twice: receivers
 de-duplicate on the event id, which exporters send as the message id).
@@ -47,6 +50,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY as PG_ARRAY
 from sqlmodel import Field, SQLModel
 
 from synthhost.registry import Exporter, ExporterSpec
@@ -397,7 +401,10 @@ class OutboxWorker:
             lanes[spec.name] = _Lane(spec, exporter)
         self.lanes = lanes
         self._started = True
-        self._stopping.clear()
+        # A fresh event per run: a thread of an earlier run that outlived its stop()
+        # (still sending at the deadline) sees it is stale and exits, instead of
+        # resuming with its old lane when this run clears the flag.
+        self._stopping = threading.Event()
         self._deadline = float("inf")
         self.live_specs = tuple(lane.spec for lane in self.lanes.values())
         writer = getattr(self.host, "writer", None)
@@ -480,8 +487,11 @@ class OutboxWorker:
         next_reap = 0.0
         next_prune = time.monotonic() + 60.0
         peek = True
+        stopping = self._stopping  # this run's
         while True:
-            draining = self._stopping.is_set()
+            if stopping is not self._stopping:
+                return  # stopped, and a newer start() runs its own threads
+            draining = stopping.is_set()
             now = time.monotonic()
             # While draining, start a batch only if it can finish before the deadline.
             if draining and now + 2 * lane.send_s >= self._deadline:
@@ -489,7 +499,7 @@ class OutboxWorker:
             if not draining and now < lane.paused_until:
                 # After a failed send the whole lane pauses: a dead receiver is probed
                 # once per backoff delay, not once per batch or per thread.
-                self._stopping.wait(lane.paused_until - now)
+                stopping.wait(lane.paused_until - now)
                 continue
             try:
                 if housekeeping and now >= next_reap:
@@ -536,10 +546,10 @@ class OutboxWorker:
                 ready_in = lane.flush_interval_s - (now - oldest).total_seconds()
                 if ready_in > 0:
                     return "idle", ready_in  # let the batch fill, as the SDK's upload interval would
-        claimed = self.claim(lane.name, lane.batch_size, lane.claim_ttl_s)
+        claimed, events = self.claim_events(lane.name, lane.batch_size, lane.claim_ttl_s)
         if not claimed:
             return "idle", None
-        outcome, hint = self._deliver(lane, claimed)
+        outcome, hint = self._deliver(lane, claimed, events)
         if outcome == "sent" and len(claimed) == lane.batch_size:
             outcome = "full"
         return outcome, hint
@@ -557,6 +567,38 @@ class OutboxWorker:
 
     def claim(self, exporter: str, limit: int, ttl_s: float = 60.0) -> list[tuple[int, str, int]]:
         """Claim up to ``limit`` due rows: ``[(outbox id, event id, attempts)]``."""
+        stmt = self._claim_statement(exporter, limit, ttl_s)
+        with self._bookkeeping() as conn:
+            rows = conn.execute(stmt).all()
+        return sorted((int(r[0]), str(r[1]), int(r[2])) for r in rows)
+
+    def claim_events(
+        self, exporter: str, limit: int, ttl_s: float = 60.0
+    ) -> tuple[list[tuple[int, str, int]], dict[str, dict[str, Any]]]:
+        """Claim up to ``limit`` due rows and load their events: ``(claimed as from
+        :meth:`claim`, {event id: event_dict})``; a claimed row whose event is gone has
+        no entry. On PostgreSQL one statement does both (the claiming UPDATE as a CTE
+        joined to ``event_logs``); on SQLite a claim, then one SELECT."""
+        if self.engine.dialect.name != "postgresql":
+            claimed = self.claim(exporter, limit, ttl_s)
+            if not claimed:
+                return [], {}
+            with self.engine.connect() as conn:
+                found = conn.execute(
+                    sa.select(EVENTS).where(EVENTS.c.id.in_([event_id for _, event_id, _ in claimed]))
+                ).mappings().all()
+            return claimed, {row["id"]: event_dict(row) for row in found}
+        updated = self._claim_statement(exporter, limit, ttl_s).cte("claimed")
+        stmt = sa.select(
+            updated.c.id.label("outbox_id"), updated.c.event_id.label("outbox_event_id"),
+            updated.c.attempts.label("outbox_attempts"), *EVENTS.columns,
+        ).select_from(updated.outerjoin(EVENTS, EVENTS.c.id == updated.c.event_id))
+        with self._bookkeeping() as conn:
+            rows = conn.execute(stmt).mappings().all()
+        claimed = sorted((int(r["outbox_id"]), str(r["outbox_event_id"]), int(r["outbox_attempts"])) for r in rows)
+        return claimed, {r["id"]: event_dict(r) for r in rows if r["id"] is not None}
+
+    def _claim_statement(self, exporter: str, limit: int, ttl_s: float) -> Any:
         t = OUTBOX
         now = utcnow()
         candidates = (
@@ -576,15 +618,12 @@ class OutboxWorker:
         else:
             # SQLite: one UPDATE statement is atomic (one writer at a time).
             where = t.c.id.in_(candidates.scalar_subquery())
-        stmt = (
+        return (
             sa.update(t)
             .where(where, t.c.state == PENDING)
             .values(state=IN_FLIGHT, claimed_by=self.worker_id, claimed_until=now + timedelta(seconds=ttl_s))
             .returning(t.c.id, t.c.event_id, t.c.attempts)
         )
-        with self._bookkeeping() as conn:
-            rows = conn.execute(stmt).all()
-        return sorted((int(r[0]), str(r[1]), int(r[2])) for r in rows)
 
     def reap_expired(self, exporter: str) -> int:
         """Re-queue rows whose claim expired (their worker died or hung)."""
@@ -612,11 +651,10 @@ class OutboxWorker:
             log.warning("outbox %s: re-queued %d rows whose claim expired", exporter, n)
         return int(n or 0)
 
-    def _deliver(self, lane: _Lane, claimed: list[tuple[int, str, int]]) -> tuple[str, float | None]:
+    def _deliver(
+        self, lane: _Lane, claimed: list[tuple[int, str, int]], events: Mapping[str, dict[str, Any]]
+    ) -> tuple[str, float | None]:
         by_event = {event_id: (row_id, attempts) for row_id, event_id, attempts in claimed}
-        with self.engine.connect() as conn:
-            found = conn.execute(sa.select(EVENTS).where(EVENTS.c.id.in_(list(by_event)))).mappings().all()
-        events = {row["id"]: event_dict(row) for row in found}
         missing = [by_event[e][0] for e in by_event if e not in events]
         if missing:  # the event row was rejected or purged: nothing to send, ever
             self._finish(lane, missing, PARKED, "event_logs row not found")
@@ -645,10 +683,11 @@ class OutboxWorker:
             event_ids = exc.event_ids if isinstance(exc, RetryableSendError) else None
             hit, rest = self._split(batch, by_event, event_ids)
             lane.failures += 1
-            self._retry(lane, hit, _error_text(exc), by_event)
+            parked = self._retry(lane, hit, _error_text(exc), by_event)
             self._release(rest)
             key = "retried" if isinstance(exc, RetryableSendError) else "errors"
-            self._count(lane, key, len(hit))
+            if len(hit) > parked:  # rows that gave up are counted as parked only
+                self._count(lane, key, len(hit) - parked)
             log.warning(
                 "outbox %s: send failed (%d events, attempt %d): %s",
                 lane.name, len(hit), lane.failures, _error_text(exc),
@@ -673,6 +712,13 @@ class OutboxWorker:
         rest = [by_event[e["id"]][0] for e in batch if e["id"] not in event_ids]
         return hit, rest
 
+    def _ids(self, ids: list[int]) -> sa.ColumnElement[bool]:
+        """``outbox.id`` among ``ids``: one array parameter on PostgreSQL (``= ANY``),
+        so a batch's statement is the same text whatever its size; ``IN`` on SQLite."""
+        if self.engine.dialect.name == "postgresql":
+            return OUTBOX.c.id == sa.any_(sa.bindparam(None, list(ids), type_=PG_ARRAY(sa.BigInteger())))
+        return OUTBOX.c.id.in_(ids)
+
     def _finish(self, lane: _Lane, ids: list[int], state: str, error: str | None) -> None:
         if not ids:
             return
@@ -694,13 +740,14 @@ class OutboxWorker:
             values["last_error"] = error
             guard = sa.and_(t.c.state == IN_FLIGHT, t.c.claimed_by == self.worker_id)
         with self._bookkeeping() as conn:
-            conn.execute(sa.update(t).where(t.c.id.in_(ids), guard).values(**values))
+            conn.execute(sa.update(t).where(self._ids(ids), guard).values(**values))
 
     def _retry(
         self, lane: _Lane, ids: list[int], error: str, by_event: Mapping[str, tuple[int, int]]
-    ) -> None:
+    ) -> int:
+        """Back to pending with backoff, or parked past ``max_attempts``: how many parked."""
         if not ids:
-            return
+            return 0
         t = OUTBOX
         now = utcnow()
         attempts = {row_id: n for row_id, n in by_event.values()}
@@ -711,13 +758,13 @@ class OutboxWorker:
         parked = set(park)
         retry = [i for i in ids if i not in parked]
         if not retry:
-            return
+            return len(park)
         # One delay for the batch: it was one request, it is retried as one.
         delay = lane.delay(max(attempts[i] for i in retry) + 1)
         with self._bookkeeping() as conn:
             conn.execute(
                 sa.update(t)
-                .where(t.c.id.in_(retry), t.c.state == IN_FLIGHT, t.c.claimed_by == self.worker_id)
+                .where(self._ids(retry), t.c.state == IN_FLIGHT, t.c.claimed_by == self.worker_id)
                 .values(
                     state=PENDING,
                     attempts=t.c.attempts + 1,
@@ -728,6 +775,7 @@ class OutboxWorker:
                     last_attempt_at=now,
                 )
             )
+        return len(park)
 
     def _release(self, ids: list[int]) -> None:
         """Give back rows that were claimed but not sent (due now, attempts unchanged)."""
@@ -737,6 +785,6 @@ class OutboxWorker:
         with self._bookkeeping() as conn:
             conn.execute(
                 sa.update(t)
-                .where(t.c.id.in_(ids), t.c.state == IN_FLIGHT, t.c.claimed_by == self.worker_id)
+                .where(self._ids(ids), t.c.state == IN_FLIGHT, t.c.claimed_by == self.worker_id)
                 .values(state=PENDING, claimed_by=None, claimed_until=None, next_attempt_at=utcnow())
             )

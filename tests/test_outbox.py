@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -384,3 +385,155 @@ async def test_delivered_rows_are_pruned_after_the_retention(make_host):
             conn.execute(sa.update(OUTBOX).values(delivered_at=_past()))
         assert prune_delivered(host.engine, older_than_s=1) == 3
         assert host.count("outbox") == 0 and host.count("event_logs") == 3  # events stay
+
+
+# -- bulk claims, concurrent batches, crashes (issue 15: the outbox keeps up) ------------
+
+CLAIMER = """
+import json, os, sys, time
+from synthhost import Host
+from synthhost.outbox import OutboxWorker
+from synthhost.settings import Settings
+
+url, tag, other, go = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+host = Host(Settings.from_env({"DATABASE_URL": url}), load_entrypoints=False)
+worker = OutboxWorker(host, worker_id=tag)
+worker.claim("nobody", 1)  # connected before the start
+while not os.path.exists(go):  # start together: the claims must race
+    time.sleep(0.001)
+got = []
+while True:
+    batch = worker.claim("tiny", 100, ttl_s=60)
+    if not batch:
+        break
+    got.append([row_id for row_id, _, _ in batch])
+    if len(got) == 1:  # both in the race before either goes on (however loaded the machine)
+        open(go + "." + tag, "w").close()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(go + "." + other) and time.monotonic() < deadline:
+            time.sleep(0.001)
+    time.sleep(0.002)  # as a lane sends between claims
+host.engine.dispose()
+print(json.dumps(got))
+"""
+
+
+async def test_bulk_claims_from_two_processes_never_share_a_row(make_host, db_url, tmp_path):
+    import subprocess
+    import sys
+
+    exporter = Tiny()
+    async with make_host(TinyPlugin(exporter)) as host:
+        host._outbox.stop(0)  # these processes claim, nobody else
+        for _ in range(3000):
+            host.emit("e", workspace="w")
+        assert host.wait_for_events(30)
+        script, go = tmp_path / "claim.py", tmp_path / "go"
+        script.write_text(CLAIMER)
+        procs = [
+            subprocess.Popen([sys.executable, str(script), db_url, tag, other, str(go)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+            for tag, other in (("a", "b"), ("b", "a"))
+        ]
+        await anyio.sleep(1.0)  # both imported and waiting
+        go.write_text("go")
+        outputs = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-2000:]
+            outputs.append(json.loads(out.strip().splitlines()[-1]))
+        claims = [batch for batches in outputs for batch in batches]
+        assert all(1 <= len(batch) <= 100 for batch in claims)  # one statement, one bounded batch
+        ids = [row_id for batch in claims for row_id in batch]
+        assert len(ids) == 3000 and len(set(ids)) == 3000  # every row once, no row twice
+        assert all(outputs)  # both processes claimed: the claims did race
+        assert states(host) == {IN_FLIGHT: 3000}
+        with host.engine.connect() as conn:
+            owners = dict(conn.execute(sa.select(OUTBOX.c.claimed_by, sa.func.count())
+                                       .group_by(OUTBOX.c.claimed_by)).all())
+        assert owners == {"a": sum(len(b) for b in outputs[0]), "b": sum(len(b) for b in outputs[1])}
+
+
+async def test_concurrent_failed_batches_are_retried_then_parked_with_counts(make_host):
+    exporter = Tiny(max_attempts=3, concurrency=4)
+    seen: list[int] = []
+
+    def down(events: Sequence[Mapping[str, Any]]) -> None:
+        seen.append(len(events))
+        raise RetryableSendError("HTTP 503")
+
+    exporter.behave = down
+    host = make_host(TinyPlugin(exporter, batch_size=50))
+    async with host:
+        host._outbox.stop(0)
+        for _ in range(200):
+            host.emit("e", workspace="w")
+        assert host.wait_for_events(10)
+        host._outbox.start()  # all 200 due at once: four batches of 50, in flight together
+        await until(lambda: states(host) == {PARKED: 200}, what="every row parked")
+        lane = host._outbox.stats["tiny"]
+        # Two failed tries per row (retried), the third parks it; 600 rows sent in all.
+        assert (lane.get("retried"), lane["parked"], sum(seen)) == (400, 200, 600), (lane, seen)
+        assert lane.get("delivered", 0) == 0
+        assert host.stats["outbox.tiny.parked"] == 200
+        assert max(seen) == 50  # in batches
+        stats = queue_stats(host.engine)["tiny"]
+        assert stats["parked"] == 200 and stats["last_error"] == "gave up after 3 attempts: HTTP 503"
+        with host.engine.connect() as conn:
+            attempts = set(conn.execute(sa.select(OUTBOX.c.attempts)).scalars())
+        assert attempts == {3}
+        # Parked is never dropped: re-queued, they go out once the receiver is back.
+        exporter.behave = None
+        assert retry_parked(host.engine, "tiny") == 200
+        host._outbox.wake()
+        await until(lambda: states(host) == {DELIVERED: 200}, what="re-queued rows delivered")
+
+
+async def test_batches_in_flight_when_a_worker_dies_are_sent_after_the_lease(make_host):
+    """A worker stopped mid-send (its threads hang, as in a killed process) holds several
+    claimed batches; once their lease has passed another worker re-claims and sends them."""
+    release = threading.Event()
+    in_flight = threading.Semaphore(0)
+    exporter = Tiny(concurrency=3, claim_ttl_s=1.0)
+
+    def stuck(events: Sequence[Mapping[str, Any]]) -> None:
+        in_flight.release()
+        release.wait(30)  # never answered while the "dead" worker matters
+        raise RetryableSendError("connection reset")
+
+    exporter.behave = stuck
+    host = make_host(TinyPlugin(exporter, batch_size=10))
+    async with host:
+        host._outbox.stop(0)
+        ids = [host.emit("e", workspace="w") for _ in range(60)]
+        assert host.wait_for_events(10)
+        dead = OutboxWorker(host, worker_id="dead")
+        dead.start()
+        for _ in range(3):  # three batches in flight at once, one per thread
+            assert await anyio.to_thread.run_sync(in_flight.acquire, True, 10)
+        assert states(host).get(IN_FLIGHT) == 30
+        with host.engine.connect() as conn:
+            assert set(conn.execute(sa.select(OUTBOX.c.claimed_by).where(OUTBOX.c.state == IN_FLIGHT))
+                       .scalars()) == {"dead"}
+        # The "dead" worker never finishes: another worker takes over the queue.
+        dead._stopping.set()
+        survivor_exporter = Tiny()
+        survivor = OutboxWorker(host, worker_id="survivor", reap_interval_s=0.2, poll_interval_s=0.05)
+        survivor.host.registry.exporters["tiny"] = dataclasses.replace(
+            host.registry.exporters["tiny"], factory=lambda h: survivor_exporter
+        )
+        survivor.start()
+        try:
+            await until(lambda: set(survivor_exporter.ids) == set(ids), what="every event sent by the survivor")
+            await until(lambda: states(host) == {DELIVERED: 60}, what="all delivered")
+        finally:
+            release.set()
+            survivor.stop(5)
+            dead.stop(5)
+        with host.engine.connect() as conn:
+            rows = conn.execute(sa.select(OUTBOX.c.attempts, OUTBOX.c.last_error)).all()
+        requeued = [r for r in rows if r.last_error and "claim expired" in r.last_error]
+        assert len(requeued) == 30  # exactly the three batches the dead worker held
+        assert all(r.attempts == 2 for r in requeued)  # the lost attempt is counted
+        # The dead worker's late failure does not move a delivered row back.
+        assert states(host) == {DELIVERED: 60}

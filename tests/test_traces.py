@@ -117,3 +117,26 @@ async def test_on_step_reports_each_step_as_it_ends(make_host):
                                 on_step=lambda i, n, step: seen.append((i, n, step.name, step.status)))
     assert result.ok
     assert seen == [(1, 2, "draft", "ok"), (2, 2, "polish", "ok")]
+
+
+async def test_load_traces_reads_many_runs_as_load_trace_reads_each(make_host):
+    """The exporters' bulk read (three queries for a batch) returns, per id asked for,
+    exactly what the one-run read returns; unknown ids are absent."""
+    from synthhost.traces import load_trace, load_traces
+
+    async with make_host() as host:
+        spec = parse_agent(AGENT)
+        results = [await host.run(spec, workspace=f"w{i % 2}", inputs={"topic": f"t{i}"}) for i in range(5)]
+        await host.complete(model="echo/gpt-4o-mini", messages="hi", workspace="w0")  # a run not asked for
+        await host.writer.flush()
+        run_ids = [r.run_id for r in results]
+        asked = [*run_ids, results[0].trace_id, run_ids[1], "0" * 32]
+        many = load_traces(host.engine, asked)
+        assert set(many) == {*run_ids, results[0].trace_id}
+        for key in (*run_ids, results[0].trace_id):
+            one = load_trace(host.engine, key)
+            assert one is not None and many[key] == one
+        assert [s.kind for s in many[run_ids[0]].spans].count("call") == 2
+        assert many[run_ids[0]].events and all(e.event_type for e in many[run_ids[0]].events)
+        assert len({t.run_id for t in many.values()}) == 5  # only what was asked for
+        assert load_traces(host.engine, []) == {}

@@ -99,7 +99,7 @@ def register_gate(register: RegisterGate) -> None:
 @hookimpl
 def register_exporters(register: RegisterExporter) -> None:
     # The factory returns None without keys: the outbox then queues nothing for us.
-    register(EXPORTER_NAME, exporter_for, event_types=list(EVENT_TYPES), batch_size=10)
+    register(EXPORTER_NAME, exporter_for, event_types=list(EVENT_TYPES), batch_size=100)
 
 
 @hookimpl

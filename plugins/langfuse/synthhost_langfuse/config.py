@@ -29,7 +29,8 @@ class LangfuseConfig:
     max_field_chars: int = 8000
     max_observations: int = 1000
     # Outbox tuning (the lane reads these off the exporter object).
-    batch_size: int = 10
+    batch_size: int = 100
+    concurrency: int = 1
     flush_interval_s_outbox: float = 1.0
     retry_delay_s: float = 1.0
     max_retry_delay_s: float = 60.0
@@ -83,7 +84,8 @@ def load_config(env: Mapping[str, str]) -> tuple[LangfuseConfig | None, str]:
             flush_interval_s=_num(env, "LANGFUSE_FLUSH_INTERVAL", 5.0) if flush_interval else None,
             max_field_chars=int(_num(env, "SYNTHHOST_LANGFUSE_MAX_FIELD_CHARS", 8000)),
             max_observations=int(_num(env, "SYNTHHOST_LANGFUSE_MAX_OBSERVATIONS", 1000)),
-            batch_size=max(1, int(_num(env, "SYNTHHOST_LANGFUSE_BATCH_SIZE", 10))),
+            batch_size=max(1, int(_num(env, "SYNTHHOST_LANGFUSE_BATCH_SIZE", 100))),
+            concurrency=max(1, int(_num(env, "SYNTHHOST_LANGFUSE_CONCURRENCY", 1))),
             flush_interval_s_outbox=max(0.0, _num(env, "SYNTHHOST_LANGFUSE_FLUSH_INTERVAL_S", 1.0)),
             retry_delay_s=_num(env, "SYNTHHOST_LANGFUSE_RETRY_DELAY_S", 1.0),
             max_retry_delay_s=_num(env, "SYNTHHOST_LANGFUSE_MAX_RETRY_DELAY_S", 60.0),

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from synthhost.outbox import PermanentSendError, RetryableSendError
 from synthhost.storage.models import utcnow
 from synthhost.trace import Trace
-from synthhost.traces import load_trace
+from synthhost.traces import load_traces
 from synthhost_langfuse.config import EVENT_TYPES as EVENT_TYPES
 from synthhost_langfuse.config import EXPORTER_NAME as EXPORTER_NAME
 from synthhost_langfuse.config import LangfuseConfig
@@ -78,6 +78,10 @@ class LangfuseExporter:
         self.redactor = Redactor(host.settings.env, max_chars=config.max_field_chars)
         # Outbox lane tuning.
         self.batch_size = config.batch_size
+        # One batch at a time by default: the work is CPU under the GIL (building spans,
+        # encoding them) and the SDK's processor sends one request at a time anyway; a
+        # second thread measured slower (thread switching), not faster.
+        self.concurrency = config.concurrency
         # Let a partial batch wait to fill: fewer, larger exports and fewer outbox
         # transactions competing with the call path's commits (SQLite has one writer).
         self.flush_interval_s = config.flush_interval_s_outbox
@@ -201,17 +205,11 @@ class LangfuseExporter:
                 run_of[str(event["id"])] = str(run_id)
         if not run_of:
             return
-        engine = self.host.engine
-        traces: dict[str, Trace] = {}
-        missing: list[str] = []
-        for event_id, run_id in run_of.items():
-            if run_id in traces or run_id in self.exported:
-                continue
-            trace = load_trace(engine, run_id)
-            if trace is None:
-                missing.append(event_id)
-            else:
-                traces[run_id] = trace
+        # One load for the whole batch (three queries): a query per trace was a fifth
+        # of the lane's time.
+        todo = [r for r in dict.fromkeys(run_of.values()) if r not in self.exported]
+        traces: dict[str, Trace] = load_traces(self.host.engine, todo) if todo else {}
+        missing = [e for e, r in run_of.items() if r in todo and r not in traces]
         outcomes = self.export_traces(list(traces.values())) if traces else {}
         failed = {r: o for r, o in outcomes.items() if not o.ok}
         retry = [e for e, r in run_of.items() if r in failed and not failed[r].permanent]

@@ -436,7 +436,9 @@ class LangfuseBackend:
                         log.exception("langfuse: could not build trace %s", plan.run_id)
                         tickets[plan.run_id].error = f"could not build trace: {type(exc).__name__}: {exc}"
                     queued += len(plan.observations)
-                    if queued >= 1000:  # stay well under the processor's 2048-span queue
+                    # Stay well under the processor's 2048-span queue, even with
+                    # SYNTHHOST_LANGFUSE_CONCURRENCY > 1 (other threads queue too).
+                    if queued >= 500:
                         self.client.flush()
                         queued = 0
                 self.client.flush()

@@ -293,3 +293,23 @@ async def test_langfuse_async_standalone_call(make_host: MakeHost, receiver: Lan
         assert [s.type for s in receiver.accepted[0].spans] == ["generation"]
     finally:
         await host.stop()
+
+
+@pytest.mark.anyio
+async def test_langfuse_many_traces_go_in_one_export_request(make_host: MakeHost, receiver: LangfuseReceiver,
+                                                             langfuse_env: dict[str, str]) -> None:
+    """The outbox hands the exporter up to 100 traces at a time (loaded in three queries)
+    and they leave in one OTLP request, not one request per trace (issue 15)."""
+    queuing = make_host(synthhost_langfuse, env={**langfuse_env, "SYNTHHOST_DELIVERY": "off"})
+    async with queuing:
+        queuing.flags.set("enable_langfuse_export", True, workspace="w1")
+        results = [await queuing.run(SPEC, workspace="w1", inputs={"topic": f"t{i}"}) for i in range(40)]
+        await queuing.writer.flush()
+    assert receiver.requests == []  # nothing delivered yet: 40 traces wait in the outbox
+    async with make_host(synthhost_langfuse, env=langfuse_env) as host:
+        assert receiver.wait_for(lambda: langfuse_queue(host)["delivered"] == 40, timeout=60)
+        lane = host._outbox.stats["langfuse"]
+    assert receiver.trace_ids() == {r.trace_id for r in results}
+    assert lane["batches"] == 1 and lane["delivered"] == 40  # one claim, one send() for all 40
+    assert len(receiver.accepted) == 1  # 40 traces x 5 spans (run, 2 steps, 2 calls) in one request
+    assert len(receiver.accepted[0].spans) == 40 * 5

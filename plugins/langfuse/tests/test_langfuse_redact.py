@@ -60,3 +60,31 @@ def test_langfuse_structures_and_harmless_keys() -> None:
     assert out["max_tokens"] == 64 and out["usage"] == {"input_tokens": 3, "output_tokens": 4}
     assert out["nested"] == [{"token": REDACTED}, REDACTED]
     assert out["note"] == "the tokenizer splits words"
+
+
+class _NoShortcut(Redactor):
+    """The regexes on every string, as before the trigger prefilter."""
+
+    def text(self, value: str) -> str:
+        if len(value) < 6:
+            return value
+        value = self._tokens.sub(REDACTED, value)
+        from synthhost_langfuse.redact import _ASSIGNMENT
+
+        return _ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED, value)
+
+
+def test_langfuse_the_prefilter_never_changes_what_is_masked() -> None:
+    """Skipping strings without a trigger is only a shortcut: every shape, in any case,
+    wrapped in prose or JSON, with an env secret, masks exactly as the regexes do."""
+    env = {"STRIPE_SECRET": "whsec_zzzzzz", "MY_SERVICE_KEY": "Plain-Value-42"}
+    fast, slow = Redactor(env), _NoShortcut(env)
+    pieces = [*SECRETS, "api_key=abc123xyz", "API-KEY: 'zzzzzzzz'", "Token = qwertyuiop", "PASSWD=hunter22",
+              "x-api-key: abcdefgh", "whsec_zzzzzz", "Plain-Value-42", "bearer   abcdef0123456789",
+              "BASIC dXNlcjpwYXNzd29yZA==", "GITHUB_PAT_" + "a" * 40, "github_pat_" + "a" * 40,
+              "\u017fecret=abcdefgh", "Summarise quarterly report #12 in three bullet points.", "gpt-4o-mini",
+              "36835a2a6c68caca0000000000000001", "ask-me-anything-please-now", "risk-free-investment-advice"]
+    samples = [*pieces, *(f"before {p} after" for p in pieces), *(p.upper() for p in pieces),
+               *(p.lower() for p in pieces), *(f'{{"k": "{p}"}}' for p in pieces)]
+    for sample in samples:
+        assert fast.text(sample) == slow.text(sample), sample

@@ -17,7 +17,8 @@ variable                        default  meaning here
 ``RUDDERSTACK_WRITE_KEY``       —        the source write key (Basic auth user); unset:
                                          the exporter is not configured, nothing queued
 ``RUDDERSTACK_DATA_PLANE_URL``  hosted   data plane base URL (``/v1/batch`` appended)
-``RUDDERSTACK_BATCH_SIZE``      20       events per outbox claim = per request
+``RUDDERSTACK_BATCH_SIZE``      100      events per outbox claim = per request (the
+                                         SDK's own ``upload_size``)
 ``RUDDERSTACK_FLUSH_INTERVAL``  10000    ms a partial batch may wait to fill (as the
                                          SDK's upload interval); shutdown sends at once
 ``RUDDERSTACK_RETRY_DELAY``     1000     ms, base of the retry backoff (doubling,
@@ -28,8 +29,10 @@ variable                        default  meaning here
                                          out for retryable failures (nothing is dropped
                                          during an outage); a non-retryable 4xx parks
                                          the batch at once.
-``RUDDERSTACK_CONCURRENCY``     2        batches in flight at once per host process
-                                         (the SDK's ``thread``); more processes add more
+``RUDDERSTACK_CONCURRENCY``     4        batches in flight at once per host process
+                                         (the SDK's ``thread``); more processes add more.
+                                         With a 5 ms data plane one request at a time
+                                         would cap a process at ~100 requests/s
 ==============================  =======  =============================================
 
 The SDK's own retry loop (``max_retries``, default 10: about 8.5 minutes of backoff per
@@ -75,9 +78,9 @@ class Config:
     data_plane_url: str = DEFAULT_DATA_PLANE_URL
     max_retries: int = 3
     retry_delay_ms: int = 1000
-    batch_size: int = 20
+    batch_size: int = 100
     flush_interval_ms: int = 10000
-    concurrency: int = 2
+    concurrency: int = 4
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config | None:
@@ -90,9 +93,9 @@ class Config:
             data_plane_url=url.rstrip("/"),
             max_retries=_int(env, "RUDDERSTACK_MAX_RETRIES", 3, 0),
             retry_delay_ms=_int(env, "RUDDERSTACK_RETRY_DELAY", 1000, 1),
-            batch_size=_int(env, "RUDDERSTACK_BATCH_SIZE", 20, 1),
+            batch_size=_int(env, "RUDDERSTACK_BATCH_SIZE", 100, 1),
             flush_interval_ms=_int(env, "RUDDERSTACK_FLUSH_INTERVAL", 10000, 0),
-            concurrency=_int(env, "RUDDERSTACK_CONCURRENCY", 2, 1),
+            concurrency=_int(env, "RUDDERSTACK_CONCURRENCY", 4, 1),
         )
 
 
@@ -159,7 +162,7 @@ class RudderStackExporter:
     # -- sending ------------------------------------------------------------------------
 
     def send(self, events: Sequence[Mapping[str, Any]]) -> None:
-        messages: list[tuple[str, dict[str, Any], int]] = []
+        messages: list[tuple[str, dict[str, Any]]] = []
         bad: dict[str, str] = {}
         for event in events:
             try:
@@ -167,31 +170,42 @@ class RudderStackExporter:
             except (AssertionError, RuntimeError, ValueError, TypeError) as exc:
                 bad[event["id"]] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 continue
-            messages.append((event["id"], msg, len(json.dumps(msg, default=str))))
+            messages.append((event["id"], msg))
         if bad:
             # Park only the malformed events; the rest go back to the queue untouched.
             first = next(iter(bad.values()))
             raise PermanentSendError(f"{len(bad)} invalid event(s): {first}", event_ids=bad)
-        chunks: list[list[tuple[str, dict[str, Any], int]]] = [[]]
-        size = 0
-        for item in messages:
-            if chunks[-1] and size + item[2] > MAX_REQUEST_BYTES:
-                chunks.append([])
-                size = 0
-            chunks[-1].append(item)
-            size += item[2]
+        chunks = self._chunks(messages)
         for i, chunk in enumerate(chunks):
             if not chunk:
                 continue
             try:
-                self._post([msg for _, msg, _ in chunk])
+                self._post([msg for _, msg in chunk])
             except (RetryableSendError, PermanentSendError) as exc:
                 if len(chunks) == 1:
                     raise
                 # This chunk and the later ones failed. Earlier chunks were accepted but
                 # go back to the queue with them (at-least-once; messageId de-duplicates).
-                later = [eid for c in chunks[i:] for eid, _, _ in c]
+                later = [eid for c in chunks[i:] for eid, _ in c]
                 raise type(exc)(str(exc), event_ids=later) from exc
+
+    @staticmethod
+    def _chunks(messages: list[tuple[str, dict[str, Any]]]) -> list[list[tuple[str, dict[str, Any]]]]:
+        """Cut the batch where a request would pass the data plane's size limit."""
+        # One encoding of the whole batch decides the common case (it fits); only a
+        # batch that does not is measured message by message.
+        if len(json.dumps([m for _, m in messages], default=str)) <= MAX_REQUEST_BYTES:
+            return [messages]
+        chunks: list[list[tuple[str, dict[str, Any]]]] = [[]]
+        size = 0
+        for item in messages:
+            n = len(json.dumps(item[1], default=str))
+            if chunks[-1] and size + n > MAX_REQUEST_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(item)
+            size += n
+        return chunks
 
     def _post(self, batch: list[dict[str, Any]]) -> None:
         import requests

@@ -112,8 +112,8 @@ async def test_without_a_write_key_nothing_is_queued(make_host, receiver):
 def test_configuration_defaults_and_validation(write_key):
     config = Config.from_env({"RUDDERSTACK_WRITE_KEY": write_key})
     assert config is not None
-    assert (config.max_retries, config.retry_delay_ms, config.batch_size, config.flush_interval_ms) == (
-        3, 1000, 20, 10000)
+    assert (config.max_retries, config.retry_delay_ms, config.batch_size, config.flush_interval_ms,
+            config.concurrency) == (3, 1000, 100, 10000, 4)
     assert config.data_plane_url == "https://hosted.rudderlabs.com"
     assert write_key not in repr(config)
     assert Config.from_env({}) is None
@@ -127,7 +127,7 @@ def test_settings_map_onto_the_outbox(write_key):
     exporter = synthhost_rudderstack.RudderStackExporter(Config.from_env({
         "RUDDERSTACK_WRITE_KEY": write_key, "RUDDERSTACK_DATA_PLANE_URL": "http://127.0.0.1:9/",
     }))
-    assert exporter.batch_size == 20 and exporter.flush_interval_s == 10.0
+    assert exporter.batch_size == 100 and exporter.flush_interval_s == 10.0 and exporter.concurrency == 4
     assert exporter.retry_delay_s == 1.0 and exporter.max_retry_delay_s == 8.0  # 1 s * 2**3
     assert exporter.max_attempts is None  # an outage never drops events
     assert write_key not in repr(exporter)
