@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         RegisterHealthCheck,
         RegisterMigrations,
         RegisterProvider,
+        RegisterRoute,
     )
     from synthhost.trace import Trace
 
@@ -152,6 +153,26 @@ def register_health_checks(register: RegisterHealthCheck) -> None:
 
     :param register: ``register(name, check)``; ``check(host)`` returns (or awaits to)
         ``(ok: bool, detail: str)``. A check that raises counts as failed.
+
+    Return value: ignored.
+    """
+
+
+@hookspec
+def register_routes(register: RegisterRoute) -> None:
+    """Add HTTP routes to ``synthhost serve`` (the gateway's Starlette app).
+
+    :param register: ``register(path, endpoint, *, methods=("GET",), auth=True,
+        name=None)``. ``endpoint`` is a Starlette endpoint, ``async def endpoint(request)
+        -> starlette.responses.Response``. With ``auth=True`` (the default) the gateway
+        checks the ``Authorization: Bearer`` key first (401 otherwise) and the endpoint
+        finds the caller in ``request.state.workspace`` and ``request.state.role``
+        (``member`` or ``admin``); the host is ``request.app.state.host``. Serve only the
+        caller's workspace: answer 404 for another workspace's objects, never 403 (no
+        existence oracle). ``auth=False`` is for public endpoints (webhooks that check
+        their own signature). A path already taken, by the gateway or another plugin,
+        is an error at start-up; an exception in the endpoint is a 500 with an
+        OpenAI-style error body, never a traceback.
 
     Return value: ignored.
     """

@@ -175,6 +175,9 @@ class Host:
         for impl in hook.register_health_checks.get_hookimpls():
             p = impl.plugin_name
             declare("register_health_checks", impl, lambda name, check, _p=p: reg.add_health_check(_p, name, check))
+        for impl in hook.register_routes.get_hookimpls():
+            p = impl.plugin_name
+            declare("register_routes", impl, lambda path, endpoint, _p=p, **kw: reg.add_route(_p, path, endpoint, **kw))
         for name, gate in reg.gates.items():
             if isinstance(gate.gate, str) and gate.gate not in reg.flags:
                 raise RegistrationError(f"plugin {name!r} is gated by undeclared flag {gate.gate!r}")
