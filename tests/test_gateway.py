@@ -85,12 +85,12 @@ async def test_chat_completion_with_the_async_sdk(gateway: tuple[Host, str]) -> 
     host, url = gateway
     key, _ = create_key(host.engine, "team-b")
     async with openai.AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=0) as aclient:
-        replies = []
+        replies: list[str] = []
         async with anyio.create_task_group() as tg:
             async def one(i: int) -> None:
                 r = await aclient.chat.completions.create(
                     model=MODEL, messages=[{"role": "user", "content": f"n{i}"}])
-                replies.append(r.choices[0].message.content)
+                replies.append(r.choices[0].message.content or "")
 
             for i in range(5):
                 tg.start_soon(one, i)
