@@ -119,7 +119,7 @@ def test_a_route_taking_a_gateway_path_is_refused(make_host: Any) -> None:
         def register_routes(self, register: Any) -> None:
             register("/v1/chat/completions", lambda request: None, methods=["POST"])
 
-    with pytest.raises(RegistrationError, match="acme_squatter.*gateway's own"):
+    with pytest.raises(RegistrationError, match=r"acme_squatter.*gateway.s own"):
         create_app(make_host(Squatter()))
 
 
@@ -139,7 +139,7 @@ def test_two_plugins_on_one_path_are_refused(make_host: Any) -> None:
 
 
 def test_healthz_and_readyz(served: Any) -> None:
-    host, url, notes = served
+    _, url, notes = served
     assert httpx.get(url + "/healthz").json() == {"status": "ok"}
     r = httpx.get(url + "/readyz")
     assert r.status_code == 200, r.text
