@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -47,6 +47,7 @@ class Metrics:
         self.max_models = int(env.get("SYNTHHOST_METRICS_MAX_MODELS") or 200)
         self._models: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        self._series: dict[tuple[str, ...], tuple[Any, Any]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         ws = ("workspace",) if self.workspace_label else ()
         reg = self.registry
@@ -73,6 +74,16 @@ class Metrics:
                 return pair
         return "other", "other"
 
+    def _children(self, provider: str, model: str, status: str, ws: tuple[str, ...]) -> tuple[Any, Any]:
+        """The (calls, duration) series of one label set: ``labels()`` costs a lock and
+        a tuple build per call, a dict look-up is enough once a series exists."""
+        key = (provider, model, status, *ws)
+        children = self._series.get(key)
+        if children is None:
+            children = self._series[key] = (self.calls.labels(provider, model, status, *ws),
+                                            self.duration.labels(provider, model, status, *ws))
+        return children
+
     def observe(self, trace: Trace) -> None:
         ws = (trace.workspace,) if self.workspace_label else ()
         for span in trace.spans:
@@ -81,9 +92,10 @@ class Metrics:
             attrs = span.attributes
             provider, model = self.model_labels(str(attrs.get("provider", "")), str(attrs.get("model", "")))
             status = "ok" if span.status == "ok" else str(span.error_code or span.status)
-            self.calls.labels(provider, model, status, *ws).inc()
+            calls, duration = self._children(provider, model, status, ws)
+            calls.inc()
             if span.ended_at is not None:
-                self.duration.labels(provider, model, status, *ws).observe(max(0.0, span.ended_at - span.started_at))
+                duration.observe(max(0.0, span.ended_at - span.started_at))
             code = span.error_code
             if code and not code.startswith("PROVIDER_") and code not in NOT_DENIALS:
                 self.denials.labels(code, *ws).inc()
