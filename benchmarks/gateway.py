@@ -40,11 +40,11 @@ from typing import Any
 import anyio
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from overhead import PRODUCTION_OFF, LoopbackReceiver, pct, prepare, profile_env  # noqa: E402
+from overhead import PRODUCTION_OFF, LoopbackReceiver, pct, prepare, profile_env
 
-from synthhost import Host  # noqa: E402
-from synthhost.gateway.keys import create_key  # noqa: E402
-from synthhost.settings import Settings  # noqa: E402
+from synthhost import Host
+from synthhost.gateway.keys import create_key
+from synthhost.settings import Settings
 
 WORKSPACE = "bench"
 BASE = int(time.time() * 1000) % 10**9

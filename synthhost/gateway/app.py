@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from synthhost.gateway import chat, errors, health, metrics
+from synthhost.gateway import chat, errors, health, metrics, traces_api
 from synthhost.gateway.keys import KeyCache
 
 if TYPE_CHECKING:
@@ -130,9 +130,15 @@ def create_app(host: Host) -> Starlette:
         body = await anyio.to_thread.run_sync(metrics.exposition, host_metrics, host)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
+    def bound(handler: Callable[[Host, Request], Awaitable[Response]]) -> Endpoint:
+        return authenticated(functools.partial(handler, host))
+
     routes = [
         Route("/v1/chat/completions", authenticated(chat_completions), methods=["POST"]),
         Route("/v1/models", authenticated(models), methods=["GET"]),
+        Route("/v1/traces", bound(traces_api.list_traces), methods=["GET"]),
+        Route("/v1/traces/{run_id}", bound(traces_api.get_trace), methods=["GET"]),
+        Route("/v1/traces/{run_id}/export", bound(traces_api.export), methods=["GET"]),
         Route("/healthz", guarded(healthz), methods=["GET"]),
         Route("/readyz", guarded(readyz), methods=["GET"]),
         Route("/metrics", guarded(metrics_endpoint), methods=["GET"]),
