@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from synthhost.gateway import chat, errors, health, metrics, traces_api
 from synthhost.gateway.keys import KeyCache
+from synthhost.gateway.runs_api import Runs
 
 if TYPE_CHECKING:
     from synthhost.host import Host
@@ -130,12 +131,24 @@ def create_app(host: Host) -> Starlette:
         body = await anyio.to_thread.run_sync(metrics.exposition, host_metrics, host)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
+    runs = Runs(host)
+
+    async def create_run(request: Request) -> Response:
+        body = await json_body(request)
+        if body is _MALFORMED:
+            return errors.bad_request("the request body is not valid JSON", code="invalid_json")
+        return await runs.create(request, body)
+
     def bound(handler: Callable[[Host, Request], Awaitable[Response]]) -> Endpoint:
         return authenticated(functools.partial(handler, host))
 
     routes = [
         Route("/v1/chat/completions", authenticated(chat_completions), methods=["POST"]),
         Route("/v1/models", authenticated(models), methods=["GET"]),
+        Route("/v1/runs", authenticated(create_run), methods=["POST"]),
+        Route("/v1/runs/{run_id}", authenticated(runs.get), methods=["GET"]),
+        Route("/v1/runs/{run_id}/events", authenticated(runs.events), methods=["GET"]),
+        Route("/v1/runs/{run_id}/cancel", authenticated(runs.cancel), methods=["POST"]),
         Route("/v1/traces", bound(traces_api.list_traces), methods=["GET"]),
         Route("/v1/traces/{run_id}", bound(traces_api.get_trace), methods=["GET"]),
         Route("/v1/traces/{run_id}/export", bound(traces_api.export), methods=["GET"]),
@@ -156,7 +169,13 @@ def create_app(host: Host) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await host.start()
         try:
-            yield
+            async with anyio.create_task_group() as group:
+                runs.group = group  # background runs (POST /v1/runs without wait)
+                try:
+                    yield
+                finally:
+                    runs.group = None
+                    await runs.drain(host.settings.shutdown_timeout_s)
         finally:
             await host.stop()
 
