@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from synthhost.gateway import chat, errors, health, metrics, traces_api
+from synthhost.gateway.admin_api import Admin
 from synthhost.gateway.keys import KeyCache
 from synthhost.gateway.runs_api import Runs
 
@@ -139,6 +140,19 @@ def create_app(host: Host) -> Starlette:
             return errors.bad_request("the request body is not valid JSON", code="invalid_json")
         return await runs.create(request, body)
 
+    admin = Admin(host)
+
+    def with_body(handler: Callable[[Request, Any], Awaitable[Response]]) -> Endpoint:
+        async def endpoint(request: Request) -> Response:
+            body = None
+            if request.method in ("POST", "PUT"):
+                body = await json_body(request)
+                if body is _MALFORMED:
+                    return errors.bad_request("the request body is not valid JSON", code="invalid_json")
+            return await handler(request, body)
+
+        return authenticated(endpoint)
+
     def bound(handler: Callable[[Host, Request], Awaitable[Response]]) -> Endpoint:
         return authenticated(functools.partial(handler, host))
 
@@ -149,6 +163,10 @@ def create_app(host: Host) -> Starlette:
         Route("/v1/runs/{run_id}", authenticated(runs.get), methods=["GET"]),
         Route("/v1/runs/{run_id}/events", authenticated(runs.events), methods=["GET"]),
         Route("/v1/runs/{run_id}/cancel", authenticated(runs.cancel), methods=["POST"]),
+        Route("/v1/admin/flags", authenticated(admin.flags), methods=["GET"]),
+        Route("/v1/admin/flags/{name}", with_body(admin.flag), methods=["PUT", "DELETE"]),
+        Route("/v1/admin/queue", authenticated(admin.queue), methods=["GET"]),
+        Route("/v1/admin/queue/retry-parked", with_body(admin.retry_parked), methods=["POST"]),
         Route("/v1/traces", bound(traces_api.list_traces), methods=["GET"]),
         Route("/v1/traces/{run_id}", bound(traces_api.get_trace), methods=["GET"]),
         Route("/v1/traces/{run_id}/export", bound(traces_api.export), methods=["GET"]),
