@@ -190,6 +190,8 @@ def test_metrics_count_calls_denials_tokens_and_plugin_errors(served: Any) -> No
     assert _sample(text, "synthhost_tokens_total", **labels, direction="output") > 0
     assert _sample(text, "synthhost_plugin_errors_total", plugin="acme_notes", hook="pre_call") == 1
     assert "synthhost_writer_queue_depth" in text
+    assert _sample(text, "synthhost_events_total", type="plugin_error", status="error") == 1
+    assert _sample(text, "synthhost_events_total", type="run_finished", status="success") == 3
     assert 'workspace="' not in text  # off unless SYNTHHOST_METRICS_WORKSPACE_LABEL
 
 

@@ -61,6 +61,10 @@ class Metrics:
                               ("provider", "model", "direction", *ws), registry=reg)
         self.cost = Counter("synthhost_cost_usd", "Cost in US dollars (calls priced by the cost plugin).",
                             ("provider", "model", *ws), registry=reg)
+        self.events = Counter("synthhost_events", "Events of calls and runs, by type and status "
+                              "(stackstorm_execution, similarity flags, rate_limited, policy decisions...).",
+                              ("type", "status"), registry=reg)
+        self._event_types: set[str] = set()
         self.plugin_errors = Counter("synthhost_plugin_errors", "Plugin crashes on the call path (fail-open).",
                                      ("plugin", "hook"), registry=reg)
 
@@ -86,6 +90,14 @@ class Metrics:
 
     def observe(self, trace: Trace) -> None:
         ws = (trace.workspace,) if self.workspace_label else ()
+        for event in trace.events:
+            kind = event.event_type
+            if kind not in self._event_types:
+                if len(self._event_types) >= self.max_models:
+                    kind = "other"
+                else:
+                    self._event_types.add(kind)
+            self.events.labels(kind, event.status).inc()
         for span in trace.spans:
             if span.kind != "call":
                 continue
