@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import tempfile
@@ -57,7 +58,8 @@ def serve_command(bind_host: str, port: int, workers: int, log_level: str, no_ac
         uvicorn.run(
             "synthhost.gateway.app:app_from_env", factory=True, host=bind_host, port=port, workers=workers,
             log_level=log_level, access_log=not no_access_log, server_header=False,
-            timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None, lifespan="on",
+            # Whole seconds for uvicorn: round up, so a bound never becomes "no bound".
+            timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout_s)), lifespan="on",
         )
     finally:
         for sig, handler in previous.items():
