@@ -285,3 +285,43 @@ def test_unknown_routes_and_methods_are_json(gateway: tuple[Host, str]) -> None:
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
     r = httpx.get(url + "/v1/chat/completions")
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_denied_stream_is_an_error_status_not_a_broken_stream(gateway: tuple[Host, str]) -> None:
+    host, url = gateway
+    key, _ = create_key(host.engine, "team-a")
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        client(url, key).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
+                                                 stream=True, extra_body={"deny": "POLICY_DENIED"})
+    assert info.value.status_code == 403
+
+
+class Leaky:
+    """A provider whose errors quote its credentials (some upstreams do)."""
+
+    __name__ = "acme_leaky"
+
+    @hookimpl
+    def register_providers(self, register: Any) -> None:
+        register("leaky", lambda host: self)
+
+    async def complete(self, request: Any, *, call: Any) -> Any:
+        from synthhost.errors import ProviderError
+
+        raise ProviderError(f"upstream refused key {call.host.settings.env['LEAKY_API_KEY']}", retryable=False)
+
+
+def test_provider_secrets_never_reach_the_response(make_host: Any, caplog: Any) -> None:
+    secret = "lk-0123456789abcdef0123"
+    host = make_host(Leaky(), env={"LEAKY_API_KEY": secret})
+    with serving(host) as url:
+        key, _ = create_key(host.engine, "team-a")
+        with caplog.at_level("DEBUG"):
+            r = httpx.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                           json={"model": "leaky/m", "messages": [{"role": "user", "content": "x"}]})
+        host.wait_for_events()
+        with host.engine.connect() as conn:
+            stored = " ".join(str(v) for row in conn.execute(sa.text("SELECT * FROM spans")) for v in row)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "PROVIDER_ERROR"
+    assert "upstream refused key" in r.text and secret not in r.text
+    assert secret not in caplog.text and secret not in stored
