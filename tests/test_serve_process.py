@@ -114,3 +114,40 @@ def test_sigterm_finishes_the_request_in_flight_and_flushes(db_url: str, tmp_pat
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_metrics_sum_over_workers(db_url: str, tmp_path: Path) -> None:
+    env = {**_env(db_url, tmp_path), "SYNTHHOST_LOAD_PLUGINS": ""}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    key = subprocess.run([sys.executable, "-m", "synthhost", "keys", "create", "-w", "multi"], env=env, check=True,
+                         capture_output=True, text=True, timeout=120).stdout.strip()
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "synthhost", "serve", "--port", str(port), "--workers", "2",
+                             "--no-access-log"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "serve never answered /healthz"
+            try:
+                if httpx.get(url + "/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        body = {"model": "echo/m", "messages": [{"role": "user", "content": "x"}]}
+        for _ in range(12):  # a new connection each: the kernel spreads them over the workers
+            r = httpx.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=body)
+            assert r.status_code == 200
+        # Whichever worker answers the scrape reports every worker's calls.
+        for _ in range(4):
+            text = httpx.get(url + "/metrics").text
+            line = next(x for x in text.splitlines() if x.startswith("synthhost_calls_total{"))
+            assert float(line.rsplit(" ", 1)[1]) == 12.0, line
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

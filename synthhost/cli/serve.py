@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import tempfile
 from typing import Any
@@ -42,9 +43,10 @@ def serve_command(bind_host: str, port: int, workers: int, log_level: str, no_ac
         finally:
             host.engine.dispose()
         os.environ["SYNTHHOST_AUTO_MIGRATE"] = "0"
+    made_dir = None
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Counters summed over workers; set before any worker imports prometheus_client.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="synthhost-metrics-")
+        made_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="synthhost-metrics-")
 
     received: list[int] = []
 
@@ -64,3 +66,5 @@ def serve_command(bind_host: str, port: int, workers: int, log_level: str, no_ac
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if made_dir is not None:
+            shutil.rmtree(made_dir, ignore_errors=True)
