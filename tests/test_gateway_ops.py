@@ -193,6 +193,10 @@ def test_metrics_count_calls_denials_tokens_and_plugin_errors(served: Any) -> No
     assert _sample(text, "synthhost_events_total", type="plugin_error", status="error") == 1
     assert _sample(text, "synthhost_events_total", type="run_finished", status="success") == 3
     assert 'workspace="' not in text  # off unless SYNTHHOST_METRICS_WORKSPACE_LABEL
+    route = {"route": "/v1/chat/completions", "method": "POST"}
+    assert _sample(text, "synthhost_http_requests_total", **route, status="200") == 3
+    assert _sample(text, "synthhost_http_requests_total", **route, status="403") == 1
+    assert _sample(text, "synthhost_http_request_duration_seconds_count", route="/v1/chat/completions") == 4
 
 
 def test_metrics_workspace_label_behind_a_setting(make_host: Any) -> None:

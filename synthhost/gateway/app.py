@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -72,16 +73,21 @@ def create_app(host: Host) -> Starlette:
 
         @functools.wraps(endpoint)
         async def wrapper(request: Request) -> Response:
+            started = time.perf_counter()
             try:
-                return await endpoint(request)
+                response = await endpoint(request)
             except BodyTooLarge:
-                return errors.error_response(413, f"request body larger than {max_body} bytes "
-                                             "(SYNTHHOST_MAX_BODY_BYTES)", type="invalid_request_error",
-                                             code="request_too_large")
+                response = errors.error_response(413, f"request body larger than {max_body} bytes "
+                                                 "(SYNTHHOST_MAX_BODY_BYTES)", type="invalid_request_error",
+                                                 code="request_too_large")
             except Exception as exc:
                 log.error("%s %s failed: %s", request.method, request.url.path,
                           host.redact("".join(traceback.format_exception(exc))))
-                return errors.internal_error()
+                response = errors.internal_error()
+            # The route's template, never the raw path: ids would make a series each.
+            route = getattr(request.scope.get("route"), "path", "other")
+            host_metrics.observe_http(route, request.method, response.status_code, time.perf_counter() - started)
+            return response
 
         return wrapper
 

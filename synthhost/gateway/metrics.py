@@ -61,6 +61,11 @@ class Metrics:
                               ("provider", "model", "direction", *ws), registry=reg)
         self.cost = Counter("synthhost_cost_usd", "Cost in US dollars (calls priced by the cost plugin).",
                             ("provider", "model", *ws), registry=reg)
+        self.http_requests = Counter("synthhost_http_requests", "HTTP requests of synthhost serve, by route "
+                                     "template, method and status.", ("route", "method", "status"), registry=reg)
+        self.http_duration = Histogram("synthhost_http_request_duration_seconds", "Time to the response's start "
+                                       "(streams: to the first byte).", ("route",), buckets=BUCKETS, registry=reg)
+        self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.events = Counter("synthhost_events", "Events of calls and runs, by type and status "
                               "(stackstorm_execution, similarity flags, rate_limited, policy decisions...).",
                               ("type", "status"), registry=reg)
@@ -77,6 +82,14 @@ class Metrics:
                 self._models.add(pair)
                 return pair
         return "other", "other"
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        children = self._http.get((route, method, status))
+        if children is None:
+            children = self._http[(route, method, status)] = (
+                self.http_requests.labels(route, method, str(status)), self.http_duration.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def _children(self, provider: str, model: str, status: str, ws: tuple[str, ...]) -> tuple[Any, Any]:
         """The (calls, duration) series of one label set: ``labels()`` costs a lock and
