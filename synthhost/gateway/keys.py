@@ -61,6 +61,8 @@ def create_key(engine: sa.Engine, workspace: str, role: str = "member", name: st
     validate_workspace(workspace)
     if role not in ROLES:
         raise UsageError(f"role {role!r}: expected one of {', '.join(ROLES)}")
+    if name is not None and (len(name) > 200 or not name.isprintable()):
+        raise UsageError("--name: at most 200 printable characters")
     key = PREFIX + secrets.token_urlsafe(32)
     info = KeyInfo(new_id(), workspace, role, key[:12], name, utcnow())
     with engine.begin() as conn:
