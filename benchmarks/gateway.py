@@ -19,6 +19,7 @@ than the server on this 2-core machine). Bounded: every phase stops by itself.
 
     uv run python benchmarks/gateway.py
     uv run python benchmarks/gateway.py --configs bare --rates 200,500 --json
+    uv run python benchmarks/gateway.py --database-url postgresql+psycopg://postgres@127.0.0.1/bench
 
 Targets (issue 9, 2 cores): production added p50 <= 300 µs and p95 <= 1 ms at 500
 requests/s; bare >= 3,000 requests/s. Prints figures; asserts nothing.
@@ -206,7 +207,7 @@ def start_serve(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
 
 def run_config(config: str, args: argparse.Namespace, redis_url: str, receiver: LoopbackReceiver) -> dict[str, Any]:
     tmp = tempfile.mkdtemp(prefix=f"gw-{config}-")
-    env = profile_env(config, f"sqlite:///{tmp}/bench.db", redis_url, receiver)
+    env = profile_env(config, args.database_url or f"sqlite:///{tmp}/bench.db", redis_url, receiver)
     env.update({"SYNTHHOST_HOME": tmp, "SYNTHHOST_RATELIMIT_PREFIX": f"gwbench:{BASE}:{config}"})
     if config != "bare":
         env["SYNTHHOST_DELIVERY"] = "worker"
@@ -233,6 +234,7 @@ def main() -> None:
     parser.add_argument("--rates", default="200,500,1000")
     parser.add_argument("--count", type=int, default=2000, help="requests per rate (and in-process calls)")
     parser.add_argument("--seconds", type=float, default=5.0, help="closed-loop duration")
+    parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file per configuration")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     args.rates = [float(r) for r in args.rates.split(",") if r]
