@@ -65,6 +65,11 @@ class Chains:
         self._by_active: dict[frozenset[str], Chain] = {}
         self._pm_plugins: tuple[str, ...] = ()
 
+    def invalidate(self) -> None:
+        """Forget every computed chain (after a plugin was registered late)."""
+        self._by_workspace.clear()
+        self._by_active.clear()
+
     # -- building -----------------------------------------------------------------
 
     def _gate_on(self, plugin: str, flags: Mapping[str, bool]) -> bool:

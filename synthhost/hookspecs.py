@@ -53,6 +53,7 @@ if TYPE_CHECKING:
         RegisterMigrations,
         RegisterProvider,
         RegisterRetention,
+        RegisterRoute,
     )
     from synthhost.trace import Trace
 
@@ -170,6 +171,26 @@ def register_retention(register: RegisterRetention) -> None:
         (``SYNTHHOST_RETENTION_DAYS``, ``SYNTHHOST_RETENTION_<TABLE>_DAYS``); a table
         without a configured retention is never pruned. A table registered by two
         plugins is refused.
+
+    Return value: ignored.
+    """
+
+
+@hookspec
+def register_routes(register: RegisterRoute) -> None:
+    """Add HTTP routes to ``synthhost serve`` (the gateway's Starlette app).
+
+    :param register: ``register(path, endpoint, *, methods=("GET",), auth=True,
+        name=None)``. ``endpoint`` is a Starlette endpoint, ``async def endpoint(request)
+        -> starlette.responses.Response``. With ``auth=True`` (the default) the gateway
+        checks the ``Authorization: Bearer`` key first (401 otherwise) and the endpoint
+        finds the caller in ``request.state.workspace`` and ``request.state.role``
+        (``member`` or ``admin``); the host is ``request.app.state.host``. Serve only the
+        caller's workspace: answer 404 for another workspace's objects, never 403 (no
+        existence oracle). ``auth=False`` is for public endpoints (webhooks that check
+        their own signature). A path already taken, by the gateway or another plugin,
+        is an error at start-up; an exception in the endpoint is a 500 with an
+        OpenAI-style error body, never a traceback.
 
     Return value: ignored.
     """

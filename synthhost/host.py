@@ -179,6 +179,9 @@ class Host:
             p = impl.plugin_name
             declare("register_retention", impl, lambda table, time_column="created_at", _p=p, **kw:
                     reg.add_retention(_p, table, time_column, **kw))
+        for impl in hook.register_routes.get_hookimpls():
+            p = impl.plugin_name
+            declare("register_routes", impl, lambda path, endpoint, _p=p, **kw: reg.add_route(_p, path, endpoint, **kw))
         for name, gate in reg.gates.items():
             if isinstance(gate.gate, str) and gate.gate not in reg.flags:
                 raise RegistrationError(f"plugin {name!r} is gated by undeclared flag {gate.gate!r}")
@@ -413,16 +416,18 @@ class Host:
         user: str | None = None,
         org: str | None = None,
         on_step: Callable[[int, int, StepResult], None] | None = None,
+        run_id: str | None = None,
     ) -> RunResult:
         """Run an agent's steps through the plugin chain; the run's rows are durable
         before this returns. ``on_step(index, total, step)`` is called as each step
-        ends (1-based index), for live progress."""
+        ends (1-based index), for live progress. ``run_id`` (a fresh 32-hex id) lets a
+        caller name the run before it starts (the HTTP API answers 202 with it)."""
         from synthhost.runner import run_agent
 
         self._check_workspace(workspace or spec.workspace)
         await self.start()
         return await run_agent(self, spec, inputs=inputs or {}, workspace=workspace, user=user, org=org,
-                               on_step=on_step)
+                               on_step=on_step, run_id=run_id)
 
     # -- sync wrappers for apps without an event loop -----------------------------------
 

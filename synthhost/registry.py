@@ -1,5 +1,5 @@
 """What registration hooks declare: flags, gates and stages, providers, exporters,
-migrations and health checks. The host fills one :class:`Registry` at start-up."""
+migrations, health checks and HTTP routes. The host fills one :class:`Registry` at start-up."""
 
 from __future__ import annotations
 
@@ -146,6 +146,27 @@ class RegisterHealthCheck(Protocol):
     def __call__(self, name: str, check: HealthCheck) -> None: ...
 
 
+# An ASGI endpoint as Starlette takes it: ``async def endpoint(request) -> Response``.
+RouteEndpoint = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    path: str
+    endpoint: RouteEndpoint
+    plugin: str
+    methods: tuple[str, ...] = ("GET",)
+    auth: bool = True
+    name: str | None = None
+
+
+class RegisterRoute(Protocol):
+    def __call__(
+        self, path: str, endpoint: RouteEndpoint, *, methods: Sequence[str] = ("GET",), auth: bool = True,
+        name: str | None = None,
+    ) -> None: ...
+
+
 class RegistrationError(Exception):
     """Two plugins declared the same name, or a declaration is malformed."""
 
@@ -159,6 +180,7 @@ class Registry:
     exporters: dict[str, ExporterSpec] = field(default_factory=dict)
     health_checks: dict[str, tuple[str, HealthCheck]] = field(default_factory=dict)
     retention: dict[str, RetentionSpec] = field(default_factory=dict)
+    routes: dict[str, RouteSpec] = field(default_factory=dict)
 
     def add_flag(self, plugin: str, name: str, default: bool = False, description: str = "") -> None:
         existing = self.flags.get(name)
@@ -222,3 +244,16 @@ class Registry:
             raise RegistrationError(f"retention for table {table!r} registered by {existing.plugin!r} "
                                     f"and {plugin!r}")
         self.retention[table] = RetentionSpec(table, time_column, plugin, tuple(sorted((only or {}).items())))
+
+    def add_route(
+        self, plugin: str, path: str, endpoint: RouteEndpoint, *, methods: Sequence[str] = ("GET",),
+        auth: bool = True, name: str | None = None,
+    ) -> None:
+        if not isinstance(path, str) or not path.startswith("/") or "//" in path:
+            raise RegistrationError(f"plugin {plugin!r}: route path {path!r} must start with one '/'")
+        if not callable(endpoint):
+            raise RegistrationError(f"plugin {plugin!r}: route {path!r}: endpoint is not callable")
+        if path in self.routes:
+            raise RegistrationError(f"route {path!r} registered by {self.routes[path].plugin!r} and {plugin!r}")
+        verbs = tuple(m.upper() for m in methods)
+        self.routes[path] = RouteSpec(path, endpoint, plugin, verbs, bool(auth), name)

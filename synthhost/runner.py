@@ -309,12 +309,13 @@ def build_trace(run: RunState, status: str, ended: float, output: Any, error: Sy
 async def run_agent(
     host: Host, spec: AgentSpec, *, inputs: Mapping[str, Any], workspace: str | None,
     user: str | None, org: str | None, on_step: Callable[[int, int, StepResult], None] | None = None,
+    run_id: str | None = None,
 ) -> RunResult:
     from synthhost.agent import render_step, resolve_inputs, step_variables
 
     ws = workspace or spec.workspace
     resolved: dict[str, Any] = dict(resolve_inputs(spec, dict(inputs)))
-    run = RunState(host, new_id(), new_id(), ws, spec.name, spec.name, user, org, dict(resolved))
+    run = RunState(host, run_id or new_id(), new_id(), ws, spec.name, spec.name, user, org, dict(resolved))
     root = SpanRecord(run.run_id, run.trace_id, run.run_id, "run", spec.name, run.started_at)
     host.writer.submit_values(RUNS, run.run_values("running", None, None, None), upsert_on=("id",))
 

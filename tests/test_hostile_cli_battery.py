@@ -17,7 +17,7 @@ BAD_VALUES = ["", "9" * 400, "nan", "-inf", "a\nb\x00c", "x" * 10_000, "/nonexis
               "*", "-1"]
 # Commands that run until stopped, or start servers: their argument checks are covered,
 # but they are not started by the battery.
-LONG_RUNNING = {("worker",), ("schedule", "run")}
+LONG_RUNNING = {("worker",), ("schedule", "run"), ("serve",)}
 
 
 def commands(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], click.Command]]:

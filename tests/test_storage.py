@@ -9,7 +9,7 @@ from synthhost.storage import db
 
 pytestmark = pytest.mark.anyio
 
-HOST_TABLES = {"feature_flags", "flag_epoch", "event_logs", "runs", "spans", "outbox", "cron_jobs"}
+HOST_TABLES = {"feature_flags", "flag_epoch", "event_logs", "runs", "spans", "outbox", "cron_jobs", "api_keys"}
 
 
 def tables(engine: sa.Engine) -> set[str]:

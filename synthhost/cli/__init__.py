@@ -89,6 +89,11 @@ def _attach() -> None:
 
     cli.add_command(queue_command, "queue")
     cli.add_command(schedule_command, "schedule")
+    from synthhost.cli.keys import keys_command
+    from synthhost.cli.serve import serve_command
+
+    cli.add_command(serve_command, "serve")
+    cli.add_command(keys_command, "keys")
     # Plugin commands: the same plugin set a host would load.
     # Plugin commands come from the same plugin set a host would load (allow-list
     # honoured), even under tests: commands are inert until invoked.

@@ -117,3 +117,23 @@ class Span(SQLModel, table=True):
     error_code: str | None = Field(default=None, max_length=64)
     error_message: str | None = None
     attributes: Any = json_column()
+
+
+class ApiKey(SQLModel, table=True):
+    """A gateway API key (``synthhost keys``). Only the SHA-256 of the key is stored: the
+    key has 256 random bits, so a plain hash cannot be reversed or brute-forced, and a
+    look-up by hash stays one index probe (a slow KDF would cost that on every request).
+    ``prefix`` (the key's first characters) lets people tell keys apart in listings."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=32)
+    key_hash: str = Field(max_length=64, sa_column_kwargs={"unique": True})
+    prefix: str = Field(max_length=32)
+    workspace_id: str = Field(max_length=200, index=True)
+    role: str = Field(default="member", max_length=20)
+    name: str | None = Field(default=None, max_length=200)
+    created_at: datetime = ts_column()
+    revoked_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True), nullable=True)
+    )

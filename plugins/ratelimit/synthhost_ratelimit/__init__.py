@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         RegisterGate,
         RegisterHealthCheck,
         RegisterMigrations,
+        RegisterRoute,
     )
     from synthhost_ratelimit.runtime import RateLimiter
 
@@ -71,6 +72,14 @@ def register_commands(cli: click.Group) -> None:
     from synthhost_ratelimit.cli import ratelimit
 
     cli.add_command(ratelimit)
+
+
+@hookimpl
+def register_routes(register: RegisterRoute) -> None:
+    from synthhost_ratelimit import http
+
+    register("/v1/admin/ratelimits", http.list_limits)
+    register("/v1/admin/ratelimits/{scope}", http.change_limit, methods=["PUT", "DELETE"])
 
 
 @hookimpl
