@@ -56,7 +56,25 @@ def test_flags_and_rate_limits_are_shared_by_two_serve_processes(db_url: str, re
     set_limit(host.engine, "two", "workspace", requests=LIMIT, window_s=3600)
     key, _ = create_key(host.engine, "two")
     client = redis.Redis.from_url(redis_url)
-    counted = f"{prefix}:ws:two:z"
+
+    def counted() -> int:
+        """Requests in the workspace's bucket now (GCRA fill, rounded up: with a one-hour
+        window nothing drains measurably while the test runs)."""
+        import asyncio
+
+        from synthhost_ratelimit.limits import Limit, ScopeCheck, scope_key
+        from synthhost_ratelimit.redis_backend import connect
+
+        async def fill() -> int:
+            limiter = connect(redis_url, prefix=prefix)
+            try:
+                check = ScopeCheck.of("workspace", scope_key("workspace", "two"), Limit(requests=LIMIT,
+                                                                                          window_s=3600))
+                return (await limiter.usage([check]))[0][0]
+            finally:
+                await limiter.aclose()
+
+        return asyncio.run(fill())
     servers = [_start(env), _start(env)]
     try:
         for proc, url in servers:
@@ -69,20 +87,20 @@ def test_flags_and_rate_limits_are_shared_by_two_serve_processes(db_url: str, re
 
         # Flag off: nothing is limited, nothing counted, on either process.
         assert [call(url) for _, url in servers for _ in range(LIMIT)] == [200] * (2 * LIMIT)
-        assert client.zcard(counted) == 0
+        assert counted() == 0
         host.flags.set("enable_rate_limiting", True, workspace="two")
         # Each process acts on the change within the refresh bound: a call it answers is
         # counted from then on (the loop only bounds a broken build).
         for _, url in servers:
             deadline = time.monotonic() + 30
-            before = client.zcard(counted)
+            before = counted()
             while True:
                 assert call(url) == 200
-                if client.zcard(counted) > before:
+                if counted() > before:
                     break
                 assert time.monotonic() < deadline, f"{url} never saw the flag"
                 time.sleep(0.05)
-        used = int(client.zcard(counted))
+        used = int(counted())
         assert used == 2
         # The rest of the limit, exactly, whichever process answers, under concurrency.
         urls = [url for _, url in servers] * 15
