@@ -5,12 +5,13 @@ releases the GIL; when the reply arrives the loop must take it back. If a backgr
 thread (the batched writer, the similarity logger, an exporter) is running Python at
 that moment, CPython lets the loop wait up to the switch interval (5 ms) before forcing
 a switch: one background batch turned a 70 µs Redis round trip into 5 ms, and with
-several background threads busy the call path's p50 tripled (``benchmarks/gil.py``).
+several background threads busy the call path's p50 tripled (``benchmarks/overhead.py
+--profile production``, rate limiting on against off).
 
 So background loops do their work in small units and call :func:`pause` between them: a
 zero-length sleep releases the GIL, and a thread waiting for it (the event loop) gets it
 at once. A unit should hold the GIL for well under 100 µs-1 ms; :data:`CHUNK_ROWS` is
-the row count the writer and the outbox give to one ``executemany``.
+the row count the batched writer gives to one ``executemany``.
 """
 
 from __future__ import annotations
