@@ -88,6 +88,7 @@ class Chains:
         caller = self.host.pm.subset_hook_caller(hook, remove_plugins=remove)
         gates = self.host.registry.gates
         fail_closed_names = self.host.settings.fail_closed
+        timings = self.host.hook_timings if hook in CALL_HOOKS else None  # lifecycle hooks: not timed
         # pluggy lists impls in reverse call order; reverse so ties keep pluggy's order.
         impls = []
         for position, hi in enumerate(reversed(caller.get_hookimpls())):
@@ -96,7 +97,8 @@ class Chains:
             if hook == "on_failure" and hi.opts.get("trylast") and not spec:
                 order = int(Stage.RECOVERY)
             closed = (spec.fail_closed if spec else False) or hi.plugin_name in fail_closed_names
-            impls.append((order, position, Impl(hi.plugin_name, hi.function, tuple(hi.argnames), order, closed)))
+            function = hi.function if timings is None else timings.wrap(hi.plugin_name, hook, hi.function)
+            impls.append((order, position, Impl(hi.plugin_name, function, tuple(hi.argnames), order, closed)))
         impls.sort(key=lambda t: (t[0], t[1]))
         return tuple(i for _, _, i in impls)
 

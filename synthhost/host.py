@@ -36,6 +36,7 @@ from synthhost.workspace import validate_workspace
 
 if TYPE_CHECKING:
     from synthhost.agent import AgentSpec
+    from synthhost.hooktiming import HookTimings
     from synthhost.trace import RunResult, StepResult
 
 log = logging.getLogger("synthhost")
@@ -98,6 +99,9 @@ class Host:
     ) -> None:
         self.settings = settings or Settings.from_env()
         self.stats: Counter[str] = Counter()
+        # Per-plugin hook durations (synthhost.hooktiming), set by whoever exports them
+        # (``synthhost serve``'s /metrics) before the first call; None: hooks are not timed.
+        self.hook_timings: HookTimings | None = None
         self.plugins = PluginSet()
         self.plugins.register_defaults()
         if load_entrypoints is None:

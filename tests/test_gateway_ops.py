@@ -220,3 +220,38 @@ def test_model_labels_are_bounded(make_host: Any) -> None:
         text = httpx.get(url + "/metrics").text
     assert _sample(text, "synthhost_calls_total", provider="other", model="other", status="ok") == 3
     assert _sample(text, "synthhost_calls_total", provider="echo", model="m0", status="ok") == 1
+
+
+class Slow:
+    """A plugin whose pre_call waits (async) and whose post_call is plain."""
+
+    __name__ = "acme_slow"
+
+    @hookimpl
+    async def pre_call(self, call: Any) -> None:
+        import anyio
+
+        await anyio.sleep(0.03)
+
+    @hookimpl
+    def post_call(self, call: Any, response: Any) -> None:
+        return None
+
+
+def test_metrics_time_each_plugins_hooks(make_host: Any) -> None:
+    host = make_host(Slow())
+    with serving(host) as url:
+        key, _ = create_key(host.engine, "a")
+        for _ in range(3):
+            httpx.post(url + "/v1/chat/completions", headers=bearer(key),
+                       json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]}).raise_for_status()
+        text = httpx.get(url + "/metrics").text
+    name = "synthhost_plugin_hook_duration_seconds"
+    assert _sample(text, name + "_count", plugin="acme_slow", hook="pre_call") == 3
+    assert _sample(text, name + "_count", plugin="acme_slow", hook="post_call") == 3
+    # The awaited sleep is inside the measured time: no sample lands at or under 25 ms.
+    assert _sample(text, name + "_bucket", plugin="acme_slow", hook="pre_call", le="0.025") == 0
+    assert _sample(text, name + "_bucket", plugin="acme_slow", hook="pre_call", le="+Inf") == 3
+    assert _sample(text, name + "_sum", plugin="acme_slow", hook="pre_call") > 3 * 0.025
+    # Lifecycle hooks are not call hooks: they are not timed.
+    assert 'hook="startup"' not in text

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from synthhost.gateway import chat, errors, health, metrics, traces_api
 from synthhost.gateway.admin_api import Admin
 from synthhost.gateway.keys import KeyCache
+from synthhost.gateway.plugin_api import InvalidBody
 from synthhost.gateway.runs_api import Runs
 
 if TYPE_CHECKING:
@@ -80,6 +81,8 @@ def create_app(host: Host) -> Starlette:
                 response = errors.error_response(413, f"request body larger than {max_body} bytes "
                                                  "(SYNTHHOST_MAX_BODY_BYTES)", type="invalid_request_error",
                                                  code="request_too_large")
+            except InvalidBody:
+                response = errors.bad_request("the request body is not valid JSON", code="invalid_json")
             except Exception as exc:
                 log.error("%s %s failed: %s", request.method, request.url.path,
                           host.redact("".join(traceback.format_exception(exc))))
@@ -135,6 +138,7 @@ def create_app(host: Host) -> Starlette:
     async def metrics_endpoint(request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
 
+        host_metrics.drain_hook_timings()  # on the loop's thread, where hook timers are written
         body = await anyio.to_thread.run_sync(metrics.exposition, host_metrics, host)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
@@ -214,6 +218,7 @@ def create_app(host: Host) -> Starlette:
                     exception_handlers={404: not_found, 405: method_not_allowed})
     app.state.host = host
     app.state.metrics = host_metrics
+    app.state.max_body = max_body  # plugin routes read bodies through plugin_api.read_json
     return app
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +27,15 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from synthhost.hookspecs import hookimpl
+from synthhost.hooktiming import BUCKETS as HOOK_BUCKETS
+from synthhost.hooktiming import HookTimings
 
 if TYPE_CHECKING:
     from synthhost.host import Host
     from synthhost.trace import Trace
 
 NOT_DENIALS = ("UNKNOWN_PROVIDER", "CANCELLED", "STORAGE_UNAVAILABLE")
+HOOK_DRAIN_INTERVAL_S = 1.0
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -72,6 +76,25 @@ class Metrics:
         self._event_types: set[str] = set()
         self.plugin_errors = Counter("synthhost_plugin_errors", "Plugin crashes on the call path (fail-open).",
                                      ("plugin", "hook"), registry=reg)
+        self.hook_duration = Histogram("synthhost_plugin_hook_duration_seconds",
+                                       "Time in each plugin's call hooks (pre_call, post_call, on_failure, "
+                                       "on_trace), awaitables included.", ("plugin", "hook"),
+                                       buckets=HOOK_BUCKETS, registry=reg)
+        self.hook_timings = HookTimings()
+        self._hooks_drained = time.monotonic()
+
+    def drain_hook_timings(self) -> None:
+        """Move the hook durations gathered since the last drain into the histogram, in
+        bulk (one histogram update per bucket with samples, not one per call). Call it on
+        the event loop's thread, where the timers are written."""
+        self._hooks_drained = time.monotonic()
+        for plugin, hook, buckets, total in self.hook_timings.drain():
+            child = self.hook_duration.labels(plugin, hook)
+            # The bulk form of Histogram.observe (same per-bucket, non-cumulative values).
+            child._sum.inc(total)
+            for value, n in zip(child._buckets, buckets, strict=True):
+                if n:
+                    value.inc(n)
 
     def model_labels(self, provider: str, model: str) -> tuple[str, str]:
         pair = (provider[:100], model[:200])
@@ -153,7 +176,10 @@ class MetricsPlugin:
 
     @hookimpl
     def on_trace(self, trace: Trace) -> None:
-        self.metrics.observe(trace)
+        metrics = self.metrics
+        metrics.observe(trace)
+        if time.monotonic() - metrics._hooks_drained >= HOOK_DRAIN_INTERVAL_S:  # other workers' scrapes see it
+            metrics.drain_hook_timings()
 
 
 class HostCollector(Collector):
@@ -216,7 +242,8 @@ def attach(host: Host) -> Metrics:
     if plugin is None:
         plugin = MetricsPlugin(Metrics(host.settings.env))
         host.plugins.register(plugin)
-        host.chains.invalidate()
+    host.hook_timings = plugin.metrics.hook_timings
+    host.chains.invalidate()  # rebuilt with timed implementations
     return plugin.metrics
 
 

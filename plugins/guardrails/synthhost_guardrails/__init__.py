@@ -25,7 +25,7 @@ import anyio
 
 from synthhost import hookimpl
 from synthhost.errors import Denied, ErrorCode
-from synthhost.registry import RegisterFlag, RegisterGate, RegisterHealthCheck, RegisterMigrations, Stage
+from synthhost.registry import RegisterFlag, RegisterGate, RegisterHealthCheck, RegisterMigrations, RegisterRoute, Stage
 from synthhost_guardrails.engine import Outcome, Violation, check_input, check_output
 
 if TYPE_CHECKING:
@@ -106,6 +106,13 @@ def register_commands(cli: click.Group) -> None:
     from synthhost_guardrails.cli import guardrails
 
     cli.add_command(guardrails)
+
+
+@hookimpl
+def register_routes(register: RegisterRoute) -> None:
+    from synthhost_guardrails import http
+
+    register("/v1/admin/guardrails", http.guards, methods=["GET", "PUT", "DELETE"])
 
 
 @hookimpl

@@ -17,7 +17,7 @@ import anyio
 
 from synthhost import hookimpl
 from synthhost.errors import Denied, ErrorCode
-from synthhost.registry import RegisterFlag, RegisterGate, RegisterHealthCheck, RegisterMigrations, Stage
+from synthhost.registry import RegisterFlag, RegisterGate, RegisterHealthCheck, RegisterMigrations, RegisterRoute, Stage
 from synthhost_policy.document import GLOBAL, PolicySet, load_policy_file, parse_policy
 from synthhost_policy.engine import Outcome, evaluate
 
@@ -77,6 +77,14 @@ def register_commands(cli: click.Group) -> None:
     from synthhost_policy.cli import policy
 
     cli.add_command(policy)
+
+
+@hookimpl
+def register_routes(register: RegisterRoute) -> None:
+    from synthhost_policy import http
+
+    register("/v1/admin/policies", http.list_policies)
+    register("/v1/admin/policies/{name}", http.policy, methods=["GET", "PUT", "DELETE"])
 
 
 @hookimpl

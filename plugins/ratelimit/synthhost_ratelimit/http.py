@@ -11,7 +11,6 @@ answer) and acts in this process at once, in others within the refresh interval.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,9 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from synthhost.gateway.errors import bad_request, error_response
+from synthhost.gateway import plugin_api
+from synthhost.gateway.errors import bad_request
+from synthhost.gateway.plugin_api import host_of, read_json, require_admin
 from synthhost_ratelimit.limits import SCOPES
 from synthhost_ratelimit.models import GLOBAL_WORKSPACE
 
@@ -27,15 +28,6 @@ if TYPE_CHECKING:
     from synthhost.host import Host
 
 MAX_WINDOW_S = 7 * 86400
-
-
-def _host(request: Request) -> Host:
-    host: Host = request.app.state.host
-    return host
-
-
-def _forbidden() -> Response:
-    return error_response(403, "this endpoint needs an admin key", type="permission_error", code="admin_required")
 
 
 def _limits(host: Host, workspace: str) -> list[dict[str, Any]]:
@@ -50,9 +42,9 @@ def _limits(host: Host, workspace: str) -> list[dict[str, Any]]:
 
 
 async def list_limits(request: Request) -> Response:
-    if request.state.role != "admin":
-        return _forbidden()
-    data = await anyio.to_thread.run_sync(_limits, _host(request), request.state.workspace)
+    if (denied := require_admin(request)) is not None:
+        return denied
+    data = await anyio.to_thread.run_sync(_limits, host_of(request), request.state.workspace)
     return JSONResponse({"object": "list", "workspace": request.state.workspace, "data": data})
 
 
@@ -67,21 +59,18 @@ async def change_limit(request: Request) -> Response:
     from synthhost_ratelimit import state
     from synthhost_ratelimit.store import set_limit, unset_limit
 
-    if request.state.role != "admin":
-        return _forbidden()
-    host, workspace, scope = _host(request), request.state.workspace, request.path_params["scope"]
+    if (denied := require_admin(request)) is not None:
+        return denied
+    host, workspace, scope = host_of(request), request.state.workspace, request.path_params["scope"]
     if scope not in SCOPES or scope == "global":
         return bad_request(f"scope must be one of {', '.join(s for s in SCOPES if s != 'global')}", "scope")
-    actor = f"key:{request.state.key.id}"
+    actor = plugin_api.actor(request)
     if request.method == "DELETE":
         removed = await anyio.to_thread.run_sync(unset_limit, host.engine, workspace, scope)
         change: dict[str, Any] = {"removed": removed}
         action = "ratelimit.unset"
     else:
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, RecursionError):
-            return bad_request("the request body is not valid JSON", code="invalid_json")
+        body = await read_json(request)
         if not isinstance(body, dict) or not body or set(body) - {"requests", "tokens", "window_s"}:
             return bad_request("the body must set some of 'requests', 'tokens', 'window_s'")
         change = {}
@@ -102,7 +91,6 @@ async def change_limit(request: Request) -> Response:
     refresher = state(host).refresher
     if refresher is not None:
         await anyio.to_thread.run_sync(refresher.reload)  # this process at once
-    host.emit("admin_action", workspace=workspace, actor=actor, action=action, target=scope, **change)
-    await host.wait_for_rows()
+    await plugin_api.audit(request, action, scope, **change)
     data = await anyio.to_thread.run_sync(_limits, host, workspace)
     return JSONResponse(next(d for d in data if d["scope"] == scope))

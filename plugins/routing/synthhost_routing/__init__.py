@@ -29,6 +29,7 @@ from synthhost.registry import (
     RegisterHealthCheck,
     RegisterMigrations,
     RegisterProvider,
+    RegisterRoute,
     Stage,
 )
 from synthhost_routing import catalog
@@ -101,6 +102,13 @@ def register_migrations(register: RegisterMigrations) -> None:
 @hookimpl
 def register_providers(register: RegisterProvider) -> None:
     register(GATEWAY_NAME, _gateway_factory)
+
+
+@hookimpl
+def register_routes(register: RegisterRoute) -> None:
+    from synthhost_routing import http
+
+    register("/v1/admin/routing", http.routing, methods=["GET", "PUT", "DELETE"])
 
 
 @hookimpl
