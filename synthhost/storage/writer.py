@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import SQLModel
 
-from synthhost.gil import chunks
+from synthhost.gil import CHUNK_ROWS, chunks, pause
 from synthhost.storage import spool
 
 log = logging.getLogger("synthhost.writer")
@@ -246,7 +246,9 @@ class BatchedWriter:
         # its final one); consecutive rows of one shape share an executemany.
         upserts: list[tuple[Any, list[dict[str, Any]]]] = []
         dialect = self.engine.dialect.name
-        for _, (table, values, upsert_on) in batch:
+        for n, (_, (table, values, upsert_on)) in enumerate(batch, 1):
+            if not n % CHUNK_ROWS:
+                pause()  # transforms (redaction) run Python per row: hand the GIL back between chunks
             transform = self.transforms.get(table.name)
             values = transform(values) if transform else values
             if upsert_on is None:
