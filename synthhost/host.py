@@ -31,7 +31,7 @@ from synthhost.storage import db, spool
 from synthhost.storage.models import EventLog, utcnow
 from synthhost.storage.writer import BatchedWriter
 from synthhost.trace import EventRecord
-from synthhost.traces import redact, secret_values
+from synthhost.traces import Redactor, redact, secret_values
 from synthhost.workspace import validate_workspace
 
 if TYPE_CHECKING:
@@ -62,11 +62,14 @@ class _Redactor:
 
     def __init__(self, secrets: list[str]) -> None:
         self.secrets = secrets
+        self.redact = Redactor(secrets)
 
     def __call__(self, values: dict[str, Any]) -> dict[str, Any]:
+        redact_ = self.redact
         for column in self.JSON_COLUMNS:
-            if values.get(column) is not None:
-                values[column] = redact(values[column], self.secrets)
+            value = values.get(column)
+            if value is not None:
+                values[column] = redact_(value)
         return values
 
 

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+
 import synthhost_guardrails
 import synthhost_policy
 import synthhost_routing
-
 from synthhost.gateway.keys import create_key
 from synthhost.host import Host
 from tests.gateway_server import serving

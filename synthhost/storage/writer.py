@@ -24,10 +24,12 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import operator
 import threading
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,7 @@ class BatchedWriter:
         # Per-table value transforms applied in the writer thread, off the call path
         # (the host uses one to redact secrets from spans and events).
         self.transforms: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+        self._prepared: dict[tuple[Any, tuple[str, ...]], _Prepared | None] = {}
 
     # -- producer side (any thread, the event loop included) ------------------------
 
@@ -241,34 +244,48 @@ class BatchedWriter:
         self.stats["commits"] += 1
 
     def _write(self, batch: list[tuple[int, _Item]]) -> None:
-        inserts: dict[sa.Table, list[dict[str, Any]]] = defaultdict(list)
-        # Upserts keep their submission order (a run's "running" row must not overwrite
-        # its final one); consecutive rows of one shape share an executemany.
-        upserts: list[tuple[Any, list[dict[str, Any]]]] = []
+        # Inserts grouped by table and column set; upserts keep their submission order
+        # (a run's "running" row must not overwrite its final one), consecutive rows of
+        # one shape sharing an executemany.
+        inserts: dict[tuple[sa.Table, tuple[str, ...]], list[dict[str, Any]]] = defaultdict(list)
+        upserts: list[tuple[Any, tuple[str, ...], list[dict[str, Any]]]] = []
         dialect = self.engine.dialect.name
         for n, (_, (table, values, upsert_on)) in enumerate(batch, 1):
             if not n % CHUNK_ROWS:
                 pause()  # transforms (redaction) run Python per row: hand the GIL back between chunks
             transform = self.transforms.get(table.name)
             values = transform(values) if transform else values
+            columns = tuple(values)
             if upsert_on is None:
-                inserts[table].append(values)
+                inserts[(table, columns)].append(values)
                 continue
-            stmt = _upsert_statement(dialect, table, upsert_on, tuple(values))
+            stmt = _upsert_statement(dialect, table, upsert_on, columns)
             if upserts and upserts[-1][0] is stmt:
-                upserts[-1][1].append(values)
+                upserts[-1][2].append(values)
             else:
-                upserts.append((stmt, [values]))
+                upserts.append((stmt, columns, [values]))
         with self.engine.begin() as conn:
             # Small statements with a GIL hand-off between them (see synthhost.gil).
-            for table, rows in inserts.items():
-                for part in chunks(rows):
-                    conn.execute(table.insert(), part)
-            for stmt, rows in upserts:
-                for part in chunks(rows):
-                    conn.execute(stmt, part)
+            for (table, columns), rows in inserts.items():
+                self._execute(conn, table, table.insert(), columns, rows)
+            for stmt, columns, rows in upserts:
+                self._execute(conn, stmt, stmt, columns, rows)
         if self.on_commit is not None:
             self.on_commit([item for _, item in batch])
+
+    def _execute(self, conn: sa.Connection, key: Any, stmt: Any, columns: tuple[str, ...],
+                 rows: list[dict[str, Any]]) -> None:
+        """``executemany`` in chunks; through a prepared statement when there is one."""
+        cache_key = (key, columns)
+        if cache_key in self._prepared:
+            prepared = self._prepared[cache_key]
+        else:
+            prepared = self._prepared[cache_key] = _Prepared.build(conn.dialect, stmt, columns)
+        for part in chunks(rows):
+            if prepared is None:
+                conn.execute(stmt, part)
+            else:
+                conn.exec_driver_sql(prepared.sql, prepared.parameters(part))
 
     def _write_one_by_one(self, batch: list[tuple[int, _Item]]) -> None:
         for _, (table, values, upsert_on) in batch:
@@ -283,6 +300,55 @@ class BatchedWriter:
             except Exception as exc:
                 self.stats["rows_rejected"] += 1
                 log.error("row rejected by %s: %s", table.name, exc)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A statement compiled once for one column set, with the dialect's bind processors
+    in parameter order. SQLAlchemy's ``executemany`` rebuilds every row's parameters
+    through the compiler's generic path (``construct_params``: about 20 µs a row here,
+    most of the writer thread's time, all of it holding the GIL the calls need); this
+    applies the same processors to the same values, then hands the driver the rows."""
+
+    sql: str
+    keys: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+    positional: bool
+
+    @classmethod
+    def build(cls, dialect: sa.Dialect, stmt: Any, columns: tuple[str, ...]) -> _Prepared | None:
+        """None when the statement needs what only the generic path does: Python-side
+        column defaults, escaped or expanding parameters, a parameter that is not one of
+        ``columns``."""
+        try:
+            compiled: Any = stmt.compile(dialect=dialect, column_keys=list(columns))
+        except Exception:
+            return None
+        if (compiled.insert_prefetch or compiled.escaped_bind_names or compiled.literal_execute_params
+                or compiled.post_compile_params):
+            return None
+        names = list(compiled.positiontup) if compiled.positional else list(compiled.bind_names.values())
+        keys = tuple(compiled.binds[name].key for name in names)
+        if not set(keys) <= set(columns) or (not compiled.positional and tuple(names) != keys):
+            return None
+        processors = compiled._bind_processors
+        return cls(compiled.string, keys, tuple(processors.get(name) for name in names), compiled.positional)
+
+    def parameters(self, rows: Sequence[dict[str, Any]]) -> list[Any]:
+        keys = self.keys
+        get = operator.itemgetter(*keys)  # one C call per row for every value
+        processed = [(i, p) for i, p in enumerate(self.processors) if p is not None]
+        out: list[Any] = []
+        for row in rows:
+            values = get(row)
+            if len(keys) == 1:
+                values = (values,)
+            if processed:
+                values = list(values)
+                for i, process in processed:
+                    values[i] = process(values[i])
+            out.append(tuple(values) if self.positional else dict(zip(keys, values, strict=True)))
+        return out
 
 
 @functools.lru_cache(maxsize=1024)
