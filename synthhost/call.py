@@ -138,6 +138,20 @@ class Usage:
         }
 
 
+@dataclass(slots=True, frozen=True)
+class ToolCallRequest:
+    """A tool call the model asked for: its id (the provider's ``tool_call_id``), the
+    tool's name and the arguments as the model wrote them (JSON text, maybe invalid)."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+    def to_message(self) -> dict[str, Any]:
+        """The OpenAI wire form, as it goes back in the assistant message."""
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
 @dataclass(slots=True)
 class Response:
     text: str
@@ -147,9 +161,11 @@ class Response:
     finish_reason: str = "stop"
     latency_s: float = 0.0
     raw: dict[str, Any] | None = None
+    # Tool calls the model asked for (empty: a final answer).
+    tool_calls: list[ToolCallRequest] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "text": self.text,
             "model": self.model,
             "provider": self.provider,
@@ -157,6 +173,9 @@ class Response:
             "finish_reason": self.finish_reason,
             "latency_s": self.latency_s,
         }
+        if self.tool_calls:
+            out["tool_calls"] = [t.to_message() for t in self.tool_calls]
+        return out
 
 
 class StashKey(Generic[T]):

@@ -189,6 +189,9 @@ class Host:
         for impl in hook.register_routes.get_hookimpls():
             p = impl.plugin_name
             declare("register_routes", impl, lambda path, endpoint, _p=p, **kw: reg.add_route(_p, path, endpoint, **kw))
+        for impl in hook.register_tools.get_hookimpls():
+            p = impl.plugin_name
+            declare("register_tools", impl, lambda tool, _p=p, **kw: reg.add_tool(_p, tool, **kw))
         for name, gate in reg.gates.items():
             if isinstance(gate.gate, str) and gate.gate not in reg.flags:
                 raise RegistrationError(f"plugin {name!r} is gated by undeclared flag {gate.gate!r}")

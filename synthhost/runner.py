@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from synthhost.call import Call, Request, Response, StashKey, new_id
-from synthhost.errors import Denied, ErrorCode, ProviderError, SynthhostError
+from synthhost.errors import Denied, ErrorCode, ProviderError, SynthhostError, UsageError
 from synthhost.storage.models import Run, Span
 from synthhost.trace import EventRecord, RunResult, SpanRecord, Status, StepResult, Trace
 
 if TYPE_CHECKING:
     from synthhost.agent import AgentSpec
     from synthhost.host import Host
+    from synthhost.tools.toolbox import ToolBox
 
 RUNS = Run.__table__  # type: ignore[attr-defined]
 SPANS = Span.__table__  # type: ignore[attr-defined]
@@ -326,6 +327,7 @@ async def run_agent(
     result = RunResult(run.run_id, run.trace_id, ws, spec.name, "running")
     error: SynthhostError | None = None
     output: str | None = None
+    toolbox: ToolBox | None = None  # opened by the first step with tools, closed with the run
     try:
         for step in spec.steps:
             step_span = SpanRecord(new_id(), run.trace_id, run.run_id, "step", step.name, time.time(),
@@ -340,15 +342,28 @@ async def run_agent(
                     {"role": "user", "content": prompt}]
                 model = step.model or spec.model
                 step_result.model = model
-                call = make_call(
-                    host, model=model, messages=messages, workspace=ws,
-                    params={**spec.params, **step.params}, user=user, org=org, agent=spec.name,
-                    metadata=spec.metadata, max_attempts=spec.retry.max_attempts, run=run,
-                    parent=step_span.span_id, step=step.name,
-                )
-                call.retry_initial_delay_s = spec.retry.initial_delay_s
-                call.retry_max_delay_s = spec.retry.max_delay_s
-                response = await traced_call(host, call, run)
+
+                def new_call(messages: list[dict[str, Any]], extra: dict[str, Any], *, _step: Any = step,
+                             _model: str = model, _parent: str = step_span.span_id) -> Call:
+                    call = make_call(
+                        host, model=_model, messages=messages, workspace=ws,
+                        params={**spec.params, **_step.params, **extra}, user=user, org=org, agent=spec.name,
+                        metadata=spec.metadata, max_attempts=spec.retry.max_attempts, run=run,
+                        parent=_parent, step=_step.name,
+                    )
+                    call.retry_initial_delay_s = spec.retry.initial_delay_s
+                    call.retry_max_delay_s = spec.retry.max_delay_s
+                    return call
+
+                if spec.uses_loop(step):
+                    if toolbox is None:
+                        from synthhost.tools.toolbox import ToolBox, search_dir
+
+                        toolbox = ToolBox(host, search_dir(spec.source))
+                    response = await loop_step(host, run, spec, step, toolbox, new_call, messages,
+                                               ws=ws, user=user, org=org, parent=step_span.span_id)
+                else:
+                    response = await traced_call(host, new_call(messages, {}), run)
                 output = response.text
                 result.outputs[step.output or step.name] = output
                 step_result.status, step_result.output = "ok", output
@@ -370,15 +385,51 @@ async def run_agent(
     except BaseException:
         try:
             with anyio.CancelScope(shield=True):
+                if toolbox is not None:
+                    with anyio.move_on_after(CANCEL_CLEANUP_S):
+                        await toolbox.aclose()
                 await finish_run(host, run, root, cancelled_error("run"), output, result=result)
         finally:
             collecting.__exit__(None, None, None)
         raise
     try:
+        if toolbox is not None:
+            await _close_toolbox(toolbox, run)
         await finish_run(host, run, root, error, output, result=result)
     finally:
         collecting.__exit__(None, None, None)
     return result
+
+
+async def _close_toolbox(toolbox: ToolBox, run: RunState) -> None:
+    """Close the run's MCP sessions and HTTP client; a server that fails to close is an
+    event, not a failed run (the run's work is done)."""
+    try:
+        with anyio.fail_after(CANCEL_CLEANUP_S):
+            await toolbox.aclose()
+    except Exception as exc:
+        run.host.emit("tool_source_close_failed", workspace=run.workspace, run_id=run.run_id,
+                      trace_id=run.trace_id, status="error", error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+async def loop_step(host: Host, run: RunState, spec: AgentSpec, step: Any, toolbox: ToolBox,
+                    new_call: Callable[[list[dict[str, Any]], dict[str, Any]], Call],
+                    messages: list[dict[str, Any]], *, ws: str, user: str | None, org: str | None,
+                    parent: str) -> Response:
+    """A step with tools or an ``output_schema``: the agent loop."""
+    from synthhost.agent_loop import LoopScope, run_tool_loop
+    from synthhost.structured import OutputSchema
+
+    max_turns, schema, retries = spec.loop_for(step)
+    tools = await toolbox.resolve(spec.tools_for(step))
+    output = None
+    if schema is not None:
+        try:
+            output = OutputSchema.from_spec(schema, retries=retries, base_dir=toolbox.base_dir)
+        except ValueError as exc:
+            raise UsageError(f"step {step.name!r}: output_schema: {exc}") from None
+    scope = LoopScope(ws, user, org, spec.name, step.name, parent)
+    return await run_tool_loop(host, run, scope, new_call, messages, tools=tools, max_turns=max_turns, output=output)
 
 
 async def finish_run(host: Host, run: RunState, root: SpanRecord | None, error: SynthhostError | None,

@@ -87,10 +87,11 @@ async def execute(
     on_step: Callable[[int, int, StepResult], None] | None = None,
 ) -> RunResult:
     """Open a host, check the agent's providers against it, and run the agent."""
-    from synthhost.agent import check_providers
+    from synthhost.agent import check_providers, check_tools
 
     async with _open_host() as host:
         check_providers(spec, host.registry.providers, spec.source)
+        check_tools(spec, host, spec.source)
         return await host.run(spec, inputs=dict(inputs), workspace=workspace, on_step=on_step)
 
 

@@ -17,12 +17,13 @@ carry the server's own message and never the API key.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from synthhost.call import Request, Response, Usage
+from synthhost.call import Request, Response, ToolCallRequest, Usage
 from synthhost.providers.http import (
     HTTPProvider,
     check_base_url,
@@ -57,6 +58,9 @@ PASSTHROUGH_PARAMS = frozenset(
         "reasoning_effort",
         "service_tier",
         "user",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
     }
 )
 
@@ -106,7 +110,21 @@ class OpenAIProvider(HTTPProvider):
             usage=parse_usage(data.get("usage")),
             finish_reason=str(choice.get("finish_reason") or "stop"),
             raw=data,
+            tool_calls=parse_tool_calls(message.get("tool_calls")),
         )
+
+
+def parse_tool_calls(items: Any) -> list[ToolCallRequest]:
+    """``message.tool_calls`` → :class:`ToolCallRequest` list (function calls only)."""
+    calls: list[ToolCallRequest] = []
+    for item in items if isinstance(items, list) else ():
+        function = item.get("function") if isinstance(item, Mapping) else None
+        if not isinstance(function, Mapping) or not function.get("name"):
+            continue
+        arguments = function.get("arguments")
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments or {})
+        calls.append(ToolCallRequest(str(item.get("id") or f"call_{len(calls) + 1}"), str(function["name"]), text))
+    return calls
 
 
 def parse_usage(usage: Any) -> Usage:

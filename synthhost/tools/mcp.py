@@ -1,0 +1,62 @@
+"""Model Context Protocol servers as tool sources, through the official ``mcp`` SDK:
+one client session per server per run (stdio subprocess or streamable HTTP), its tools
+listed and exposed, the session closed when the run ends."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from synthhost.tools import DEFAULT_TIMEOUT_S, Tool, ToolError
+from synthhost.tools.schema import schema_validator
+from synthhost.tools.spec import McpSpec
+
+__all__ = ["open_mcp_tools"]
+
+
+async def open_mcp_tools(spec: McpSpec, stack: contextlib.AsyncExitStack, *,
+                         timeout_s: float | None = None) -> list[Tool]:
+    """Connect (the session lives as long as ``stack``) and return the server's tools."""
+    from mcp import Client, StdioServerParameters
+
+    server: Any
+    if spec.command is not None:
+        server = StdioServerParameters(command=spec.command[0], args=spec.command[1:], env=dict(spec.env) or None)
+    else:
+        server = spec.url
+    timeout = timeout_s or DEFAULT_TIMEOUT_S
+    client = await stack.enter_async_context(Client(server, read_timeout_seconds=timeout))
+    listed = await client.list_tools()
+    wanted = set(spec.tools) if spec.tools is not None else None
+    tools = []
+    for item in listed.tools:
+        if wanted is not None and item.name not in wanted:
+            continue
+        schema = dict(item.input_schema or {"type": "object"})
+        tools.append(Tool(item.name, item.description or "", schema, _invoker(client, item.name), timeout, "mcp",
+                          schema_validator(schema)))
+    missing = sorted((wanted or set()) - {t.name for t in tools})
+    if missing:
+        raise ValueError(f"the MCP server has no tool {missing[0]!r} "
+                         f"(it has: {', '.join(sorted(t.name for t in listed.tools)) or 'none'})")
+    return tools
+
+
+def _invoker(client: Any, name: str) -> Any:
+    async def invoke(args: dict[str, Any]) -> Any:
+        result = await client.call_tool(name, args)
+        text = _result_text(result.content, result.structured_content)
+        if result.is_error:
+            raise ToolError(text or "the MCP tool reported an error", "TOOL_ERROR")
+        return text
+
+    return invoke
+
+
+def _result_text(content: Any, structured: Mapping[str, Any] | None) -> str:
+    parts = [str(getattr(c, "text", "")) for c in content or () if getattr(c, "type", None) == "text"]
+    if parts:
+        return "\n".join(parts)
+    return json.dumps(structured) if structured is not None else ""

@@ -1,0 +1,106 @@
+"""The tools of one run: agent-file ``tools:`` entries resolved to :class:`Tool`\\ s, with
+the resources they hold (MCP sessions, one HTTP client) opened when a step first needs
+them and closed when the run ends."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from synthhost.errors import ErrorCode, SynthhostError, UsageError
+from synthhost.tools import Tool
+from synthhost.tools.spec import ToolSpec
+
+if TYPE_CHECKING:
+    import httpx
+
+    from synthhost.host import Host
+
+__all__ = ["ToolBox", "resolve_static", "search_dir"]
+
+
+def search_dir(source: str) -> str | None:
+    """The directory of the agent file a spec came from (where its tool modules may sit)."""
+    path = Path(source)
+    return str(path.resolve().parent) if path.is_file() else None
+
+
+def resolve_static(host: Host, entry: ToolSpec, base_dir: str | None = None) -> list[Tool]:
+    """A ``python`` or registered (``name``) entry's tool; raises ``ValueError`` with a
+    one-line reason. (HTTP and MCP entries need the run's resources: :class:`ToolBox`.)"""
+    from synthhost.tools.python import import_ref, python_tool
+
+    if entry.python is not None:
+        return [python_tool(import_ref(entry.python, base_dir), name=entry.name, description=entry.description,
+                            timeout_s=entry.timeout_s)]
+    assert entry.name is not None
+    registered = host.registry.tools.get(entry.name)
+    if registered is None:
+        known = ", ".join(sorted(host.registry.tools)) or "none"
+        raise ValueError(f"no plugin registered a tool {entry.name!r} (registered: {known})")
+    return [registered[1].with_overrides(description=entry.description, timeout_s=entry.timeout_s)]
+
+
+class ToolBox:
+    def __init__(self, host: Host, base_dir: str | None = None) -> None:
+        self.host = host
+        self.base_dir = base_dir
+        self._stack = contextlib.AsyncExitStack()
+        self._resolved: dict[int, list[Tool]] = {}  # by id() of the entry (entries live as long as the run)
+        self._client: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> ToolBox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            import httpx
+
+            # Redirects are not followed: a redirect could leave the allow-list.
+            self._client = httpx.AsyncClient(follow_redirects=False)
+            self._stack.push_async_callback(self._client.aclose)
+        return self._client
+
+    async def _one(self, entry: ToolSpec) -> list[Tool]:
+        if entry.http is not None:
+            from synthhost.tools.http import http_tool
+
+            assert entry.name is not None
+            return [http_tool(entry.name, entry.description or "", entry.http, client=self._http(),
+                              env=self.host.settings.env, parameters=entry.parameters, timeout_s=entry.timeout_s)]
+        if entry.mcp is not None:
+            from synthhost.tools.mcp import open_mcp_tools
+
+            try:
+                return await open_mcp_tools(entry.mcp, self._stack, timeout_s=entry.timeout_s)
+            except ValueError:
+                raise
+            except Exception as exc:
+                where = " ".join(entry.mcp.command) if entry.mcp.command else entry.mcp.url
+                raise SynthhostError(f"MCP server {where!r} is unavailable: {type(exc).__name__}: {exc}",
+                                     code=ErrorCode.TOOL_ERROR) from None
+        return resolve_static(self.host, entry, self.base_dir)
+
+    async def resolve(self, entries: Sequence[ToolSpec]) -> dict[str, Tool]:
+        """The step's tools by name. A name offered twice is an error."""
+        tools: dict[str, Tool] = {}
+        for entry in entries:
+            found = self._resolved.get(id(entry))
+            if found is None:
+                try:
+                    found = self._resolved[id(entry)] = await self._one(entry)
+                except ValueError as exc:
+                    raise UsageError(f"tool {entry.name or entry.python or entry.source!r}: {exc}") from None
+            for tool in found:
+                if tool.name in tools:
+                    raise UsageError(f"two tools are named {tool.name!r} in one step")
+                tools[tool.name] = tool
+        return tools
