@@ -386,8 +386,7 @@ async def run_agent(
         try:
             with anyio.CancelScope(shield=True):
                 if toolbox is not None:
-                    with anyio.move_on_after(CANCEL_CLEANUP_S):
-                        await toolbox.aclose()
+                    await _close_toolbox(toolbox, run)
                 await finish_run(host, run, root, cancelled_error("run"), output, result=result)
         finally:
             collecting.__exit__(None, None, None)
@@ -403,10 +402,11 @@ async def run_agent(
 
 async def _close_toolbox(toolbox: ToolBox, run: RunState) -> None:
     """Close the run's MCP sessions and HTTP client; a server that fails to close is an
-    event, not a failed run (the run's work is done)."""
+    event, not a failed run (the run's work is done). No timeout of our own: the MCP
+    client's cancel scopes must unwind in the order they were entered (and its stdio
+    transport bounds a server's exit itself)."""
     try:
-        with anyio.fail_after(CANCEL_CLEANUP_S):
-            await toolbox.aclose()
+        await toolbox.aclose()
     except Exception as exc:
         run.host.emit("tool_source_close_failed", workspace=run.workspace, run_id=run.run_id,
                       trace_id=run.trace_id, status="error", error=f"{type(exc).__name__}: {exc}"[:500])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,13 +18,16 @@ __all__ = ["open_mcp_tools"]
 
 
 async def open_mcp_tools(spec: McpSpec, stack: contextlib.AsyncExitStack, *,
-                         timeout_s: float | None = None) -> list[Tool]:
-    """Connect (the session lives as long as ``stack``) and return the server's tools."""
+                         timeout_s: float | None = None, cwd: str | None = None) -> list[Tool]:
+    """Connect (the session lives as long as ``stack``) and return the server's tools.
+    A stdio command runs in ``cwd`` (the agent file's directory); ``python`` as its
+    program means this host's interpreter, so the server sees the same packages."""
     from mcp import Client, StdioServerParameters
 
     server: Any
     if spec.command is not None:
-        server = StdioServerParameters(command=spec.command[0], args=spec.command[1:], env=dict(spec.env) or None)
+        program = sys.executable if spec.command[0] in ("python", "python3") else spec.command[0]
+        server = StdioServerParameters(command=program, args=spec.command[1:], env=dict(spec.env) or None, cwd=cwd)
     else:
         server = spec.url
     timeout = timeout_s or DEFAULT_TIMEOUT_S
@@ -60,3 +64,10 @@ def _result_text(content: Any, structured: Mapping[str, Any] | None) -> str:
     if parts:
         return "\n".join(parts)
     return json.dumps(structured) if structured is not None else ""
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The first leaf of an exception group (task groups wrap a server's failure)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

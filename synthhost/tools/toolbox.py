@@ -77,15 +77,16 @@ class ToolBox:
             return [http_tool(entry.name, entry.description or "", entry.http, client=self._http(),
                               env=self.host.settings.env, parameters=entry.parameters, timeout_s=entry.timeout_s)]
         if entry.mcp is not None:
-            from synthhost.tools.mcp import open_mcp_tools
+            from synthhost.tools.mcp import first_error, open_mcp_tools
 
             try:
-                return await open_mcp_tools(entry.mcp, self._stack, timeout_s=entry.timeout_s)
+                return await open_mcp_tools(entry.mcp, self._stack, timeout_s=entry.timeout_s, cwd=self.base_dir)
             except ValueError:
                 raise
             except Exception as exc:
                 where = " ".join(entry.mcp.command) if entry.mcp.command else entry.mcp.url
-                raise SynthhostError(f"MCP server {where!r} is unavailable: {type(exc).__name__}: {exc}",
+                cause = first_error(exc)
+                raise SynthhostError(f"MCP server {where!r} is unavailable: {type(cause).__name__}: {cause}"[:500],
                                      code=ErrorCode.TOOL_ERROR) from None
         return resolve_static(self.host, entry, self.base_dir)
 
