@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from os import urandom
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
@@ -152,6 +152,20 @@ class ToolCallRequest:
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
 
+@dataclass(slots=True, frozen=True)
+class StreamDelta:
+    """A piece of a streamed answer: ``text``, or a fragment of tool call ``index``
+    (its ``id`` and ``name`` come with its first fragment, ``arguments`` in pieces).
+    The provider still returns the assembled :class:`Response`; deltas are a preview
+    that ``post_call`` hooks have not seen yet."""
+
+    text: str = ""
+    index: int | None = None
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
 @dataclass(slots=True)
 class Response:
     text: str
@@ -239,6 +253,9 @@ class Call:
     started_at: float = field(default_factory=time.time)
     requested_model: str = ""
     requested_provider: str = ""
+    # Set when the caller streams: a provider that can stream passes deltas here as they
+    # arrive (and still returns the assembled response); one that cannot ignores it.
+    on_delta: Callable[[StreamDelta], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.requested_model = self.requested_model or self.request.model

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from synthhost.call import Call, Request, Response, StashKey, new_id
+from synthhost.call import Call, Request, Response, StashKey, StreamDelta, new_id
 from synthhost.errors import Denied, ErrorCode, ProviderError, SynthhostError, UsageError
 from synthhost.storage.models import Run, Span
 from synthhost.trace import EventRecord, RunResult, SpanRecord, Status, StepResult, Trace
@@ -250,7 +250,7 @@ def make_call(
     host: Host, *, model: str, messages: list[dict[str, Any]] | str, workspace: str,
     params: Mapping[str, Any] | None, user: str | None, org: str | None, agent: str | None,
     metadata: Mapping[str, Any] | None, max_attempts: int, run: RunState,
-    parent: str | None = None, step: str | None = None,
+    parent: str | None = None, step: str | None = None, on_delta: Callable[[StreamDelta], None] | None = None,
 ) -> Call:
     provider, name = split_model(model)
     request_metadata = dict(metadata or {})
@@ -263,7 +263,7 @@ def make_call(
                       params=dict(params or {}), metadata=request_metadata)
     return Call(host=host, request=request, workspace=workspace, user=user, org=org, agent=agent,
                 step=step, run_id=run.run_id, trace_id=run.trace_id, parent_span_id=parent,
-                max_attempts=max_attempts, metadata=dict(metadata or {}))
+                max_attempts=max_attempts, metadata=dict(metadata or {}), on_delta=on_delta)
 
 
 async def complete_standalone(host: Host, **kw: Any) -> Response:
@@ -310,7 +310,7 @@ def build_trace(run: RunState, status: str, ended: float, output: Any, error: Sy
 async def run_agent(
     host: Host, spec: AgentSpec, *, inputs: Mapping[str, Any], workspace: str | None,
     user: str | None, org: str | None, on_step: Callable[[int, int, StepResult], None] | None = None,
-    run_id: str | None = None,
+    run_id: str | None = None, on_delta: Callable[[StreamDelta], None] | None = None,
 ) -> RunResult:
     from synthhost.agent import render_step, resolve_inputs, step_variables
 
@@ -350,6 +350,7 @@ async def run_agent(
                         params={**spec.params, **_step.params, **extra}, user=user, org=org, agent=spec.name,
                         metadata=spec.metadata, max_attempts=spec.retry.max_attempts, run=run,
                         parent=_parent, step=_step.name,
+                        on_delta=on_delta if _step is spec.steps[-1] else None,  # the agent's answer
                     )
                     call.retry_initial_delay_s = spec.retry.initial_delay_s
                     call.retry_max_delay_s = spec.retry.max_delay_s

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -87,3 +88,26 @@ def test_an_agent_sent_over_http_may_name_registered_tools() -> None:
         _refuse_host_side_code(schema_ref)
 
 
+
+
+def test_run_prints_the_answer_as_it_streams_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from synthhost.cli import run as run_module
+
+    printed: list[str] = []
+    real_echo = run_module.click.echo
+
+    def spy(message: Any = None, *args: Any, **kwargs: Any) -> None:
+        if not kwargs.get("err"):
+            printed.append(str(message))
+        real_echo(message, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "_isatty", lambda stream: True)
+    monkeypatch.setattr(run_module.click, "echo", spy)
+    path = tmp_path / "agent.yaml"
+    path.write_text(HEAD + "steps:\n  - {name: s, prompt: three little words}\n")
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "SYNTHHOST_HOME": str(tmp_path / "home"),
+           "SYNTHHOST_LOAD_PLUGINS": ""}
+    result = CliRunner().invoke(cli, ["run", "--no-progress", str(path)], env=env)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "echo: three little words\n"
+    assert printed[:4] == ["echo: ", "three ", "little ", "words"]  # piece by piece, not once at the end

@@ -355,3 +355,16 @@ async def test_structured_output_from_a_pydantic_model(make_host: Any, tmp_path:
         first = echo_requests(host)[0]
     assert result.output == '{"label": "ok", "score": 0.9}'
     assert first.params["response_format"]["json_schema"]["name"] == "Verdict"
+
+
+async def test_the_last_step_streams_text_and_tool_call_deltas(make_host: Any) -> None:
+    from synthhost.call import StreamDelta
+
+    deltas: list[StreamDelta] = []
+    spec = agent([[{"name": "add", "arguments": {"a": 2, "b": 3}}]])
+    async with make_host(Toolkit()) as host:
+        result = await host.run(spec, workspace="acme", on_delta=deltas.append)
+    first_two = [d for d in deltas if d.index == 0]
+    assert first_two[0].name == "add" and first_two[0].id == "call_1_1"
+    assert "".join(d.arguments for d in first_two) == '{"a": 2, "b": 3}'
+    assert "".join(d.text for d in deltas) == result.output == "echo: 5"

@@ -42,7 +42,7 @@ def tool_spans(host: Any, run_id: str) -> list[Any]:
 
 
 async def test_an_mcp_server_over_stdio(make_host: Any, tmp_path: Path) -> None:
-    script = [[{"name": "add", "arguments": {"a": 2, "b": 40}}, {"name": "pid"},
+    script: list[list[dict[str, Any]]] = [[{"name": "add", "arguments": {"a": 2, "b": 40}}, {"name": "pid"},
                {"name": "fail", "arguments": {"reason": "no quota"}}]]
     path = write(tmp_path, {"command": ["python", str(SERVER)]}, script)
     async with make_host() as host:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
     from synthhost.agent import AgentSpec
+    from synthhost.call import StreamDelta
     from synthhost.host import Host
     from synthhost.trace import RunResult, StepResult
 
@@ -85,14 +86,15 @@ async def execute(
     inputs: Mapping[str, Any],
     workspace: str | None,
     on_step: Callable[[int, int, StepResult], None] | None = None,
+    on_delta: Callable[[StreamDelta], None] | None = None,
 ) -> RunResult:
-    """Open a host, check the agent's providers against it, and run the agent."""
+    """Open a host, check the agent's providers and tools against it, and run the agent."""
     from synthhost.agent import check_providers, check_tools
 
     async with _open_host() as host:
         check_providers(spec, host.registry.providers, spec.source)
         check_tools(spec, host, spec.source)
-        return await host.run(spec, inputs=dict(inputs), workspace=workspace, on_step=on_step)
+        return await host.run(spec, inputs=dict(inputs), workspace=workspace, on_step=on_step, on_delta=on_delta)
 
 
 @click.command("run")
@@ -145,11 +147,21 @@ def run_command(
         if progress and not as_json:  # live: each line as its step ends
             click.echo(format_step_line(index, total, step, width), err=True)
 
+    # On a terminal the answer is printed as it streams; piped, it is printed once, whole.
+    streamed: list[str] = []
+
+    def show_delta(delta: StreamDelta) -> None:
+        if delta.text:
+            streamed.append(delta.text)
+            click.echo(delta.text, nl=False)
+
+    stream = not as_json and _isatty(sys.stdout)
+
     async def main() -> RunResult | SynthhostError:
         # Errors come back as values: raised inside the runner's task group they would
         # surface wrapped in an ExceptionGroup.
         try:
-            return await execute(spec, inputs, workspace, show_step)
+            return await execute(spec, inputs, workspace, show_step, show_delta if stream else None)
         except SynthhostError as exc:
             return exc
 
@@ -165,8 +177,10 @@ def run_command(
         click.echo(json.dumps(result.to_dict()))
     elif progress:
         click.echo(format_summary(result), err=True)
+    if streamed:
+        click.echo("")  # end the streamed line
     if result.ok:
-        if not as_json:
+        if not as_json and not streamed:
             click.echo(result.output or "")
         ctx.exit(0)
     click.echo(error_line(result), err=True)

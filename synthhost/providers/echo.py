@@ -14,6 +14,8 @@ starting with ``echo_``; they are not sent anywhere):
 - ``echo_usage``: a dict of :class:`synthhost.Usage` fields to report instead of the
   estimate (cost tests use it for cached and reasoning tokens);
 - ``echo_latency_ms``: simulated latency (default ``SYNTHHOST_ECHO_LATENCY_MS`` or 0);
+- streaming: with ``call.on_delta`` set, the answer is also passed on a word at a time
+  (tool calls' arguments in two fragments), like a streaming provider;
 - ``echo_fail``: failures to inject, by attempt: a list (``["rate_limit", "timeout"]``
   fails attempts 1 and 2) or a dict ``{"2": "server_error"}``. Kinds: ``rate_limit``
   (429, retryable, retry_after 0), ``timeout``, ``server_error`` (500), ``auth`` (401,
@@ -26,12 +28,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from synthhost.call import Call, Request, Response, ToolCallRequest, Usage
+from synthhost.call import Call, Request, Response, StreamDelta, ToolCallRequest, Usage
 from synthhost.errors import ErrorCode, ProviderError
 
 if TYPE_CHECKING:
@@ -99,9 +102,22 @@ class EchoProvider:
         else:
             prompt_tokens = sum(estimate_tokens(str(m.get("content") or "")) + 4 for m in request.messages)
             usage = Usage(input_tokens=prompt_tokens, output_tokens=estimate_tokens(text))
+        if call.on_delta is not None:
+            stream_deltas(call.on_delta, str(text), tool_calls)
         return Response(text=str(text), model=request.model, provider="echo", usage=usage,
                         latency_s=latency / 1000, tool_calls=tool_calls,
                         finish_reason="tool_calls" if tool_calls else "stop")
+
+
+def stream_deltas(on_delta: Any, text: str, tool_calls: list[ToolCallRequest]) -> None:
+    """Stream like a real provider: text a word at a time, each tool call's arguments in
+    two fragments (its id and name with the first)."""
+    for word in re.findall(r"\S+\s*|\s+", text):
+        on_delta(StreamDelta(text=word))
+    for i, tool_call in enumerate(tool_calls):
+        half = len(tool_call.arguments) // 2
+        on_delta(StreamDelta(index=i, id=tool_call.id, name=tool_call.name, arguments=tool_call.arguments[:half]))
+        on_delta(StreamDelta(index=i, arguments=tool_call.arguments[half:]))
 
 
 def scripted_tool_calls(script: Any, turn: int) -> list[ToolCallRequest]:

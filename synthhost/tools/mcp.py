@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TextIO
 
 from synthhost.tools import DEFAULT_TIMEOUT_S, Tool, ToolError
 from synthhost.tools.schema import schema_validator
@@ -23,11 +24,15 @@ async def open_mcp_tools(spec: McpSpec, stack: contextlib.AsyncExitStack, *,
     A stdio command runs in ``cwd`` (the agent file's directory); ``python`` as its
     program means this host's interpreter, so the server sees the same packages."""
     from mcp import Client, StdioServerParameters
+    from mcp.client.stdio import stdio_client
 
     server: Any
     if spec.command is not None:
         program = sys.executable if spec.command[0] in ("python", "python3") else spec.command[0]
-        server = StdioServerParameters(command=program, args=spec.command[1:], env=dict(spec.env) or None, cwd=cwd)
+        params = StdioServerParameters(command=program, args=spec.command[1:], env=dict(spec.env) or None, cwd=cwd)
+        # The server's stderr goes to this process's own (sys.stderr may be a capture
+        # without a file descriptor, under click's runner or pytest).
+        server = stdio_client(params, errlog=_process_stderr(stack))
     else:
         server = spec.url
     timeout = timeout_s or DEFAULT_TIMEOUT_S
@@ -43,9 +48,26 @@ async def open_mcp_tools(spec: McpSpec, stack: contextlib.AsyncExitStack, *,
                           schema_validator(schema)))
     missing = sorted((wanted or set()) - {t.name for t in tools})
     if missing:
-        raise ValueError(f"the MCP server has no tool {missing[0]!r} "
-                         f"(it has: {', '.join(sorted(t.name for t in listed.tools)) or 'none'})")
+        raise MissingTool(f"the MCP server has no tool {missing[0]!r} "
+                          f"(it has: {', '.join(sorted(t.name for t in listed.tools)) or 'none'})")
     return tools
+
+
+class MissingTool(LookupError):
+    """An agent file names a tool the server does not have (the file is wrong)."""
+
+
+def _process_stderr(stack: contextlib.AsyncExitStack) -> TextIO:
+    stream = sys.__stderr__
+    try:
+        if stream is not None:
+            stream.fileno()
+            return stream
+    except (OSError, ValueError):
+        pass
+    devnull = open(os.devnull, "w")  # noqa: SIM115  # closed with the run's stack
+    stack.callback(devnull.close)
+    return devnull
 
 
 def _invoker(client: Any, name: str) -> Any:

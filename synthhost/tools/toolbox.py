@@ -77,12 +77,12 @@ class ToolBox:
             return [http_tool(entry.name, entry.description or "", entry.http, client=self._http(),
                               env=self.host.settings.env, parameters=entry.parameters, timeout_s=entry.timeout_s)]
         if entry.mcp is not None:
-            from synthhost.tools.mcp import first_error, open_mcp_tools
+            from synthhost.tools.mcp import MissingTool, first_error, open_mcp_tools
 
             try:
                 return await open_mcp_tools(entry.mcp, self._stack, timeout_s=entry.timeout_s, cwd=self.base_dir)
-            except ValueError:
-                raise
+            except MissingTool as exc:
+                raise UsageError(f"tool 'mcp': {exc}") from None
             except Exception as exc:
                 where = " ".join(entry.mcp.command) if entry.mcp.command else entry.mcp.url
                 cause = first_error(exc)
