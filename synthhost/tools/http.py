@@ -76,6 +76,9 @@ def http_tool(name: str, description: str, spec: HttpSpec, *, client: httpx.Asyn
         except httpx.HTTPError as exc:
             raise ToolError(f"HTTP request failed: {type(exc).__name__}", "TOOL_HTTP_ERROR") from None
         text = b"".join(chunks).decode(response.encoding or "utf-8", errors="replace")
+        if 300 <= response.status_code < 400:
+            raise ToolError(f"HTTP {response.status_code}: redirects are not followed (to "
+                            f"{response.headers.get('location', '?')[:200]})", "TOOL_HTTP_ERROR")
         if response.status_code >= 400:
             raise ToolError(f"HTTP {response.status_code}: {text[:500]}", "TOOL_HTTP_ERROR")
         return text
