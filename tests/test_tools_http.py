@@ -103,7 +103,8 @@ def _tool_span_attributes(host: Any, run_id: str) -> list[Any]:
 
 
 async def test_http_failures_are_tool_results(make_host: Any, ticketing: Ticketing) -> None:
-    calls: list[dict[str, Any]] = [{"name": "big"}, {"name": "broken"}, {"name": "moved"}, {"name": "comment", "arguments": {"id": "1"}}]
+    calls: list[dict[str, Any]] = [{"name": "big"}, {"name": "broken"}, {"name": "moved"},
+                                   {"name": "comment", "arguments": {"id": "1"}}]
     async with make_host(env={"ACME_TICKETS_TOKEN": TOKEN}) as host:
         result = await host.run(spec_for(ticketing.base, calls), workspace="acme")
         results = [m["content"] for m in host.provider("echo").calls[1].messages[-4:]]
