@@ -102,6 +102,8 @@ class RunState:
         self, status: str, ended_at: float | None, output: Any, error: SynthhostError | None
     ) -> dict[str, Any]:
         attributes: dict[str, Any] = {"tokens": self.tokens, "calls": sum(s.kind == "call" for s in self.spans)}
+        if tool_calls := sum(s.kind == "tool" for s in self.spans):
+            attributes["tool_calls"] = tool_calls
         if self.priced_calls:
             attributes["cost_usd"] = f"{self.cost:f}"
         if self.unpriced_calls:
