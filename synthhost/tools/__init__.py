@@ -105,6 +105,7 @@ class ToolCall:
     parent_span_id: str | None = None
     turn: int = 1
     attributes: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)  # the agent's metadata
     stash: Stash = field(default_factory=Stash)
     started_at: float = field(default_factory=time.time)
 
