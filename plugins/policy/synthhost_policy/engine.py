@@ -356,7 +356,8 @@ class Plan:
             rules = tuple(r for r in cset.rules if reads_tool(r) == for_tools)
             if cset.workspace in (workspace, GLOBAL) and rules:
                 uses = frozenset().union(*(r.condition.uses for r in rules))
-                in_scope.append(cset if len(rules) == len(cset.rules) else dataclasses.replace(cset, rules=rules, uses=uses))
+                whole = len(rules) == len(cset.rules)
+                in_scope.append(cset if whole else dataclasses.replace(cset, rules=rules, uses=uses))
         in_scope.sort(key=lambda s: (-s.priority, s.workspace == GLOBAL, s.name))
         uses = frozenset().union(*(s.uses for s in in_scope)) if in_scope else frozenset()
         variables = _variables(uses, overrides)
