@@ -32,15 +32,15 @@ from typing import Any
 import anyio
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from overhead import LoopbackReceiver, ping_samples, prepare, profile_env  # noqa: E402  # the production set
+from overhead import LoopbackReceiver, ping_samples, prepare, profile_env  # the production set
 
-from synthhost import Host  # noqa: E402
-from synthhost.agent_loop import LoopScope, call_tool  # noqa: E402
-from synthhost.call import ToolCallRequest, new_id  # noqa: E402
-from synthhost.runner import RunState  # noqa: E402
-from synthhost.settings import Settings  # noqa: E402
-from synthhost.tools import Tool  # noqa: E402
-from synthhost.tools.python import python_tool  # noqa: E402
+from synthhost import Host
+from synthhost.agent_loop import LoopScope, call_tool
+from synthhost.call import ToolCallRequest, new_id
+from synthhost.runner import RunState
+from synthhost.settings import Settings
+from synthhost.tools import Tool
+from synthhost.tools.python import python_tool
 
 TARGET_P50_US = 60.0
 CONFIGS = ("bare", "production", "production+tool-limit")
