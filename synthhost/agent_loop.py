@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from synthhost.call import Call, Response, ToolCallRequest
+from synthhost.call import Call, Recovery, Response, ToolCallRequest
 from synthhost.errors import Denied, ErrorCode, SynthhostError
 from synthhost.runner import RunState, cancelled_error, traced_call
 from synthhost.tools import MAX_RESULT_CHARS, Tool, ToolCall, ToolError, ToolResult
@@ -90,6 +90,8 @@ async def call_tool(host: Host, run: RunState, scope: LoopScope, tools: Mapping[
                 result = await chains.pre_tool(chain, ctx)
                 if result is None:
                     result = await _invoke(tool, ctx)
+                    if result.is_error and chain.on_tool_failure:
+                        result = await _recover(chains, chain, tool, ctx, result)
             except Denied as denied:
                 result = _denied(ctx, denied)
             try:
@@ -139,6 +141,30 @@ async def _invoke(tool: Tool, ctx: ToolCall) -> ToolResult:
     except Exception as exc:  # the tool's own bug: the model reads it, the run goes on
         return ToolResult(f"{type(exc).__name__}: {exc}", True, ErrorCode.TOOL_ERROR)
     return ToolResult(as_text(value), value=value)
+
+
+MAX_TOOL_ATTEMPTS = 3
+
+
+async def _recover(chains: Any, chain: Any, tool: Tool, ctx: ToolCall, result: ToolResult) -> ToolResult:
+    """``on_tool_failure`` answers: try again (after a delay, maybe with repaired
+    arguments), answer instead, or give up; at most ``MAX_TOOL_ATTEMPTS`` tries."""
+    attempt = 1
+    while result.is_error and attempt < MAX_TOOL_ATTEMPTS:
+        answer = await chains.on_tool_failure(chain, ctx, result, attempt)
+        if answer is None or (isinstance(answer, Recovery) and answer.action == "give_up"):
+            break
+        if isinstance(answer, ToolResult):
+            ctx.attributes["repaired"] = True
+            return answer
+        if answer.action == "reroute" and isinstance(answer.changes.get("args"), dict):
+            ctx.args = dict(answer.changes["args"])
+        if answer.delay > 0:
+            await anyio.sleep(answer.delay)
+        attempt += 1
+        ctx.attributes["attempts"] = attempt
+        result = await _invoke(tool, ctx)
+    return result
 
 
 def _capped(value: Any) -> Any:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("synthhost.chain")
 
-CALL_HOOKS = ("pre_call", "post_call", "on_failure", "on_trace", "pre_tool", "post_tool")
+CALL_HOOKS = ("pre_call", "post_call", "on_failure", "on_trace", "pre_tool", "post_tool", "on_tool_failure")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +56,7 @@ class Chain:
     on_trace: tuple[Impl, ...]
     pre_tool: tuple[Impl, ...]
     post_tool: tuple[Impl, ...]
+    on_tool_failure: tuple[Impl, ...]
 
 
 class Chains:
@@ -261,6 +262,28 @@ class Chains:
                 continue
             if answer is not None:
                 self.fault(impl, "post_tool", TypeError(f"returned {_shown(answer)}, not None"), tool, tool.workspace)
+
+    async def on_tool_failure(self, chain: Chain, tool: ToolCall, result: ToolResult,
+                              attempt: int) -> Recovery | ToolResult | None:
+        kwargs = {"tool": tool, "result": result, "attempt": attempt}
+        for impl in chain.on_tool_failure:
+            try:
+                answer = impl.function(*[kwargs[n] for n in impl.argnames])
+                if answer is not None and (type(answer) is CoroutineType or inspect.isawaitable(answer)):
+                    answer = await answer
+            except Exception as exc:
+                self.fault(impl, "on_tool_failure", exc, tool, tool.workspace)
+                continue
+            if answer is not None:
+                if not isinstance(answer, Recovery | ToolResult):
+                    self.fault(impl, "on_tool_failure", TypeError(
+                        f"returned {_shown(answer)}, not a Recovery, a ToolResult or None"), tool, tool.workspace)
+                    continue
+                tool.attributes.setdefault("recoveries", []).append(
+                    {"by": impl.plugin_name, "attempt": attempt,
+                     "action": answer.action if isinstance(answer, Recovery) else "repair"})
+                return answer
+        return None
 
     async def on_trace(self, trace: Trace) -> None:
         chain = self.for_workspace(trace.workspace)

@@ -11,7 +11,7 @@ plugin's implementation on its own, with a ``register`` callback bound to that p
 so it knows which plugin declared what and can refuse collisions.
 
 Call hooks (``pre_call``, ``post_call``, ``on_failure``, ``pre_tool``, ``post_tool``,
-``on_trace``) run for the
+``on_tool_failure``, ``on_trace``) run for the
 plugins *active* for the call's workspace: a plugin with a gate (see
 :func:`register_gate`) is active when its gate is on for that workspace; a plugin with no
 gate is always active. They run in the documented stage order (:class:`synthhost.Stage`),
@@ -331,6 +331,24 @@ def post_tool(tool: ToolCall, result: ToolResult) -> Awaitable[None] | None:
     Return value: ``None`` (anything else is a ``plugin_error``). Raise
     :class:`synthhost.Denied` to withhold the result: the model is sent an error result
     naming the code instead.
+    """
+
+
+@hookspec(firstresult=True)
+def on_tool_failure(tool: ToolCall, result: ToolResult, attempt: int) -> Recovery | ToolResult | None:
+    """After a tool call failed in the tool itself (an exception, a timeout, bad
+    arguments, an HTTP or MCP error; not a denial, not an unknown tool), in stage order;
+    the first non-``None`` answer wins. Nothing retries a tool by default.
+
+    :param tool: the tool call's context (``tool.args`` as the tool received them).
+    :param result: the error result (``result.error_code``, ``result.content``).
+    :param attempt: the attempt that failed, from 1; a tool is tried at most 3 times.
+
+    Return value: a :class:`synthhost.Recovery`: ``retry`` (after ``delay`` seconds),
+    ``reroute`` with ``changes={"args": {...}}`` (repaired arguments, then tried again)
+    or ``give_up``; a :class:`synthhost.tools.ToolResult` to answer instead (a repair:
+    the model reads it, ``post_tool`` still runs); or ``None`` to let the next plugin
+    decide.
     """
 
 

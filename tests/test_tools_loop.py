@@ -368,3 +368,55 @@ async def test_the_last_step_streams_text_and_tool_call_deltas(make_host: Any) -
     assert first_two[0].name == "add" and first_two[0].id == "call_1_1"
     assert "".join(d.arguments for d in first_two) == '{"a": 2, "b": 3}'
     assert "".join(d.text for d in deltas) == result.output == "echo: 5"
+
+
+class Flaky:
+    """A tool that fails until its third try, and a recovery plugin: retries a timeout,
+    repairs bad arguments, answers instead of a tool that keeps crashing."""
+
+    __name__ = "acme_flaky"
+
+    def __init__(self) -> None:
+        self.tries = 0
+        self.asked: list[tuple[str, str | None, int]] = []
+
+    @hookimpl
+    def register_tools(self, register: Any) -> None:
+        async def wobbly() -> str:
+            """Fails twice, then works."""
+            self.tries += 1
+            if self.tries < 3:
+                raise RuntimeError(f"try {self.tries}")
+            return "steady"
+
+        def crash() -> str:
+            """Always fails."""
+            raise RuntimeError("down")
+
+        register(wobbly)
+        register(crash)
+
+    @hookimpl
+    def on_tool_failure(self, tool: ToolCall, result: ToolResult, attempt: int) -> Any:
+        from synthhost import Recovery
+
+        self.asked.append((tool.name, result.error_code, attempt))
+        if tool.name == "wobbly":
+            return Recovery("retry", reason="transient")
+        if tool.name == "add":  # repaired arguments
+            return Recovery("reroute", changes={"args": {"a": 40, "b": 2}})
+        return ToolResult("cached answer") if tool.name == "crash" else None
+
+
+async def test_on_tool_failure_retries_repairs_and_answers(make_host: Any) -> None:
+    flaky = Flaky()
+    spec = agent([[{"name": "wobbly"}, {"name": "add", "arguments": {"a": "x"}}, {"name": "crash"}]],
+                 tools="[{name: wobbly}, {name: add}, {name: crash}]")
+    async with make_host(Toolkit(), flaky) as host:
+        result = await host.run(spec, workspace="acme")
+        rows = {r.name: r for r in _spans(host, result.run_id) if r.kind == "tool"}
+    assert result.output == "echo: steady; 42; cached answer"
+    assert ("wobbly", "TOOL_ERROR", 1) in flaky.asked and ("wobbly", "TOOL_ERROR", 2) in flaky.asked
+    assert ("add", "TOOL_BAD_ARGUMENTS", 1) in flaky.asked
+    assert rows["wobbly"].attributes["attempts"] == 3 and rows["crash"].attributes["repaired"] is True
+    assert rows["add"].attributes["input"] == {"a": 40, "b": 2}
