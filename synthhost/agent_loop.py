@@ -23,7 +23,7 @@ import anyio
 from synthhost.call import Call, Recovery, Response, ToolCallRequest
 from synthhost.errors import Denied, ErrorCode, SynthhostError
 from synthhost.runner import RunState, cancelled_error, traced_call
-from synthhost.tools import MAX_RESULT_CHARS, Tool, ToolCall, ToolError, ToolResult
+from synthhost.tools import MAX_RESULT_CHARS, MAX_TOOL_ATTEMPTS, Tool, ToolCall, ToolError, ToolResult
 from synthhost.trace import SpanRecord
 
 if TYPE_CHECKING:
@@ -141,9 +141,6 @@ async def _invoke(tool: Tool, ctx: ToolCall) -> ToolResult:
     except Exception as exc:  # the tool's own bug: the model reads it, the run goes on
         return ToolResult(f"{type(exc).__name__}: {exc}", True, ErrorCode.TOOL_ERROR)
     return ToolResult(as_text(value), value=value)
-
-
-MAX_TOOL_ATTEMPTS = 3
 
 
 async def _recover(chains: Any, chain: Any, tool: Tool, ctx: ToolCall, result: ToolResult) -> ToolResult:

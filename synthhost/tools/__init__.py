@@ -29,6 +29,8 @@ ToolSource = str  # "python", "http", "mcp", or "plugin"
 Invoke = Callable[[dict[str, Any]], Awaitable[Any]]
 
 DEFAULT_TIMEOUT_S = 30.0
+# A failed tool call is tried at most this often (see the on_tool_failure hook).
+MAX_TOOL_ATTEMPTS = 3
 # The most text of one tool result the model is sent (and a span records).
 MAX_RESULT_CHARS = 100_000
 
