@@ -11,6 +11,7 @@ import pytest
 import synthhost_ratelimit as plugin
 from synthhost import hookimpl
 from synthhost.agent import AgentSpec
+from synthhost.call import new_id
 from synthhost_ratelimit.store import set_limit
 
 pytestmark = pytest.mark.anyio
@@ -46,7 +47,7 @@ SPEC = AgentSpec(name="pinger", model="echo/m",
 @pytest.mark.parametrize("backend", ["redis", "local"])
 async def test_the_tool_scope_limits_each_tool_by_name(make_host: Any, redis_url: str, backend: str) -> None:
     pinger = Pinger()
-    prefix = f"rltool{id(pinger)}"
+    prefix = f"rltool{new_id()}"  # fresh counters on the shared Redis
     env = {"REDIS_URL": redis_url if backend == "redis" else "", "SYNTHHOST_RATELIMIT_PREFIX": prefix}
     async with make_host(plugin, pinger, env=env) as host:
         host.flags.set("enable_rate_limiting", True)
@@ -58,6 +59,6 @@ async def test_the_tool_scope_limits_each_tool_by_name(make_host: Any, redis_url
         result = await host.run(SPEC, workspace="w")
     assert result.ok, result.error_message  # two model turns fit the workspace's 2: tool calls are not counted
     assert pinger.pings == 2
-    outputs = (result.output or "").removeprefix("echo: ").split("; ")
-    assert outputs[:2] == ["pong", "pong"] and outputs[-1] == "ok"
-    assert outputs[2].startswith("RATE_LIMITED: tool rate limit exceeded (2 requests per 3600s)")
+    output = (result.output or "").removeprefix("echo: ")
+    assert output.count("pong") == 2 and output.endswith("; ok")  # the three pings ran concurrently
+    assert output.count("RATE_LIMITED: tool rate limit exceeded (2 requests per 3600s)") == 1
