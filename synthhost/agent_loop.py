@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -50,6 +50,7 @@ class LoopScope:
     agent: str | None
     step: str
     parent_span_id: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)  # the agent's metadata
 
 
 # -- the two durable-step functions ------------------------------------------------------
@@ -80,7 +81,7 @@ async def call_tool(host: Host, run: RunState, scope: LoopScope, tools: Mapping[
     # A tool span's parent is the turn (model call) that asked for it.
     ctx = ToolCall(host, tool, args, request.id, scope.workspace, scope.user, scope.org, scope.agent,
                    scope.step, run.run_id, run.trace_id, span_id, step_id(run.run_id, scope.step, turn), turn,
-                   started_at=started)
+                   started_at=started, metadata=dict(scope.metadata))
     result: ToolResult | None = problem
     try:
         if result is None:

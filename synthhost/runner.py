@@ -431,7 +431,7 @@ async def loop_step(host: Host, run: RunState, spec: AgentSpec, step: Any, toolb
             output = OutputSchema.from_spec(schema, retries=retries, base_dir=toolbox.base_dir)
         except ValueError as exc:
             raise UsageError(f"step {step.name!r}: output_schema: {exc}") from None
-    scope = LoopScope(ws, user, org, spec.name, step.name, parent)
+    scope = LoopScope(ws, user, org, spec.name, step.name, parent, spec.metadata)
     return await run_tool_loop(host, run, scope, new_call, messages, tools=tools, max_turns=max_turns, output=output)
 
 
