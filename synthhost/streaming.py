@@ -49,6 +49,12 @@ class ResponseStream:
 
     async def __aexit__(self, *exc: Any) -> bool | None:
         assert self._group is not None
+        if exc[1] is not None and exc[1] is self.error:
+            # The call's own error, raised by the iteration: its task has ended. Leave
+            # the group cleanly so the caller gets the error itself, not a group of it.
+            self._receive.close()
+            await self._group.__aexit__(None, None, None)
+            return False
         if exc[0] is not None or self.response is None:
             self._group.cancel_scope.cancel()  # the caller left early: stop the call
         self._receive.close()

@@ -420,3 +420,20 @@ async def test_on_tool_failure_retries_repairs_and_answers(make_host: Any) -> No
     assert ("add", "TOOL_BAD_ARGUMENTS", 1) in flaky.asked
     assert rows["wobbly"].attributes["attempts"] == 3 and rows["crash"].attributes["repaired"] is True
     assert rows["add"].attributes["input"] == {"a": 40, "b": 2}
+
+
+async def test_host_stream_raises_the_call_s_own_error_and_survives_an_early_break(make_host: Any) -> None:
+    from synthhost.errors import ProviderError
+
+    async with make_host() as host:
+        with pytest.raises(ProviderError) as info:  # the error itself, not an exception group
+            async with host.stream(model="echo/m", messages="x", params={"echo_fail": ["auth"]}) as failing:
+                async for _ in failing:
+                    pass
+        assert info.value.code == "PROVIDER_AUTH"
+        async with host.stream(model="echo/m", messages="one two three", workspace="acme") as stream:
+            async for delta in stream:
+                assert delta.text == "echo: "
+                break  # leaving early stops reading; the call still ends cleanly
+        again = await host.complete(model="echo/m", messages="still fine", workspace="acme")
+    assert again.text == "echo: still fine"
