@@ -201,6 +201,16 @@ async def _attempts(host: Host, call: Call, chain: Any) -> Response:
         call.stash[_ANSWER] = None
 
 
+def _span_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The params a span records: tool definitions by name only (their schemas would be
+    repeated on every turn of every step)."""
+    tools = params.get("tools")
+    if not isinstance(tools, list):
+        return params
+    names = [t.get("function", {}).get("name") if isinstance(t, dict) else None for t in tools]
+    return {**params, "tools": names}
+
+
 def call_span(call: Call, response: Response | None, error: SynthhostError | None, ended: float) -> SpanRecord:
     attrs: dict[str, Any] = {
         "provider": call.request.provider,
@@ -208,7 +218,7 @@ def call_span(call: Call, response: Response | None, error: SynthhostError | Non
         "requested_model": call.requested_model,
         "requested_provider": call.requested_provider,
         "attempts": call.attempt,
-        "params": call.request.params,
+        "params": _span_params(call.request.params),
         "input": call.request.messages,
     }
     if call.request.region:

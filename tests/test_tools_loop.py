@@ -85,6 +85,7 @@ async def test_a_tool_agent_calls_tools_and_answers_with_their_results(make_host
         by_kind.setdefault(row.kind, []).append(row)
     turns = sorted(by_kind["call"], key=lambda r: r.attributes["turn"])
     assert [t.id for t in turns] == [step_id(result.run_id, "answer", n) for n in (1, 2)]
+    assert turns[0].attributes["params"]["tools"] == ["add", "shout"]  # names on spans, not whole schemas
     tools = sorted(by_kind["tool"], key=lambda r: r.name)
     assert [(t.name, t.status, t.parent_id) for t in tools] == [("add", "ok", turns[0].id),
                                                                 ("shout", "ok", turns[0].id)]
