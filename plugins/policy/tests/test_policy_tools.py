@@ -93,3 +93,27 @@ def _spans(host: Any, run_id: str) -> list[Any]:
 
     with Session(host.engine) as session:
         return list(session.exec(select(Span).where(Span.run_id == run_id)))
+
+
+def test_policy_test_decides_for_a_tool_call(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from synthhost.cli import cli
+
+    path = tmp_path / "tools.json"
+    path.write_text(POLICY)
+    runner = CliRunner()
+    search = json.dumps({"tool": {"name": "search", "args": {"query": "q", "limit": 500}}})
+    shown = runner.invoke(cli, ["policy", "test", str(path), "--context", search])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.splitlines() == [
+        "policy set tools: 2 active rules for tool 'search'",
+        "  cap-search: modify args.limit=10",
+        "  cap-search: warn: search capped",
+        "decision: allow",
+        '  tool.args: {"query": "q", "limit": 500} -> {"query": "q", "limit": 10}',
+    ]
+    shell = runner.invoke(cli, ["policy", "test", str(path), "--context", '{"tool": {"name": "shell"}}', "--json"])
+    assert json.loads(shell.output)["decision"] == "block"
+    model = runner.invoke(cli, ["policy", "test", str(path), "--context", '{"request": {"model": "m"}}'])
+    assert "model-rule: warn: model m" in model.output and "no-shell" not in model.output
