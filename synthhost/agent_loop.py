@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from synthhost.call import Call, Recovery, Response, ToolCallRequest
-from synthhost.errors import Denied, ErrorCode, SynthhostError
+from synthhost.errors import Denied, ErrorCode, SynthhostError, UsageError
 from synthhost.runner import RunState, cancelled_error, traced_call
 from synthhost.tools import MAX_RESULT_CHARS, MAX_TOOL_ATTEMPTS, Tool, ToolCall, ToolError, ToolResult
 from synthhost.trace import SpanRecord
@@ -231,6 +231,9 @@ async def run_tool_loop(host: Host, run: RunState, scope: LoopScope, new_call: N
     retries_left = output.retries if output is not None else 0
     for turn in range(1, max_turns + 1):
         call = new_call(list(messages), dict(params))
+        if turn == 1 and tools and getattr(host.provider(call.request.provider), "supports_tools", True) is False:
+            raise UsageError(f"step {scope.step!r}: provider {call.request.provider!r} cannot call tools "
+                             "(use an OpenAI-compatible provider, or echo offline)")
         response = await call_model_turn(host, run, scope, call, turn)
         if response.tool_calls:
             messages.append({"role": "assistant", "content": response.text or None,

@@ -71,6 +71,10 @@ class GateSpec:
 
 
 class Provider(Protocol):
+    """``complete`` answers a request. Optional attributes: ``supports_tools = False``
+    makes the agent loop refuse a step with tools on this provider (default: assumed to
+    speak OpenAI's tool-calling format); ``call.on_delta`` set means the caller streams."""
+
     async def complete(self, request: Request, *, call: Call) -> Response: ...
 
 

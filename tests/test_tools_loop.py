@@ -438,3 +438,17 @@ async def test_host_stream_raises_the_call_s_own_error_and_survives_an_early_bre
                 break  # leaving early stops reading; the call still ends cleanly
         again = await host.complete(model="echo/m", messages="still fine", workspace="acme")
     assert again.text == "echo: still fine"
+
+
+async def test_a_provider_without_tool_calling_is_refused_for_a_step_with_tools(make_host: Any) -> None:
+    spec = parse_agent(textwrap.dedent("""\
+        name: claude-tools
+        model: anthropic/claude-sonnet-4
+        tools: [{name: add}]
+        steps: [{name: s, prompt: hi}]
+        """))
+    async with make_host(Toolkit(), env={"ANTHROPIC_API_KEY": "sk-ant-test-0123456789"}) as host:
+        result = await host.run(spec, workspace="acme")
+    assert result.error_code == "INVALID_AGENT"
+    assert result.error_message == "step 's': provider 'anthropic' cannot call tools (use an OpenAI-compatible " \
+                                   "provider, or echo offline)"

@@ -54,6 +54,7 @@ def estimate_tokens(text: str) -> int:
 
 
 class EchoProvider:
+    supports_tools = True
     name = "echo"
 
     def __init__(self, latency_ms: float = 0.0) -> None:

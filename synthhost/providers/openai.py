@@ -73,6 +73,8 @@ class OpenAIProvider(HTTPProvider):
     """``complete(request, *, call)`` posts ``request.messages`` to
     ``{base_url}/chat/completions`` as ``request.model`` and returns the first choice."""
 
+    supports_tools = True
+
     kind = "openai"
 
     def __init__(
