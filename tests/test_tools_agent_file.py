@@ -111,3 +111,24 @@ def test_run_prints_the_answer_as_it_streams_on_a_terminal(tmp_path: Path, monke
     assert result.exit_code == 0, result.output
     assert result.stdout == "echo: three little words\n"
     assert printed[:4] == ["echo: ", "three ", "little ", "words"]  # piece by piece, not once at the end
+
+
+def test_run_no_stream_prints_the_answer_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from synthhost.cli import run as run_module
+
+    monkeypatch.setattr(run_module, "_isatty", lambda stream: True)
+    path = tmp_path / "agent.yaml"
+    path.write_text(HEAD + "steps:\n  - {name: s, prompt: three little words}\n")
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "SYNTHHOST_HOME": str(tmp_path / "home"),
+           "SYNTHHOST_LOAD_PLUGINS": ""}
+    printed: list[str] = []
+    real_echo = run_module.click.echo
+
+    def spy(message: Any = None, *args: Any, **kwargs: Any) -> None:
+        printed.append(str(message))
+        real_echo(message, *args, **kwargs)
+
+    monkeypatch.setattr(run_module.click, "echo", spy)
+    result = CliRunner().invoke(cli, ["run", "--no-progress", "--no-stream", str(path)], env=env)
+    assert result.exit_code == 0 and result.stdout == "echo: three little words\n"
+    assert "echo: " not in printed  # not piece by piece

@@ -114,6 +114,12 @@ async def execute(
     default=None,
     help="A line per step on stderr (default: when stderr is a terminal).",
 )
+@click.option(
+    "--stream/--no-stream",
+    "stream_option",
+    default=None,
+    help="Print the answer as it is generated (default: when stdout is a terminal).",
+)
 @click.pass_context
 def run_command(
     ctx: click.Context,
@@ -122,6 +128,7 @@ def run_command(
     input_pairs: tuple[str, ...],
     as_json: bool,
     progress: bool | None,
+    stream_option: bool | None,
 ) -> None:
     """Run an agent file's steps through the plugin chain and print the result.
 
@@ -155,7 +162,7 @@ def run_command(
             streamed.append(delta.text)
             click.echo(delta.text, nl=False)
 
-    stream = not as_json and _isatty(sys.stdout)
+    stream = not as_json and (_isatty(sys.stdout) if stream_option is None else stream_option)
 
     async def main() -> RunResult | SynthhostError:
         # Errors come back as values: raised inside the runner's task group they would
