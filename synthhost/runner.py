@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -14,12 +15,12 @@ import anyio
 from synthhost.call import Call, Request, Response, StashKey, StreamDelta, new_id
 from synthhost.errors import Denied, ErrorCode, ProviderError, SynthhostError, UsageError
 from synthhost.storage.models import Run, Span
+from synthhost.tools.toolbox import ToolBox, search_dir
 from synthhost.trace import EventRecord, RunResult, SpanRecord, Status, StepResult, Trace
 
 if TYPE_CHECKING:
     from synthhost.agent import AgentSpec
     from synthhost.host import Host
-    from synthhost.tools.toolbox import ToolBox
 
 RUNS = Run.__table__  # type: ignore[attr-defined]
 SPANS = Span.__table__  # type: ignore[attr-defined]
@@ -339,90 +340,77 @@ async def run_agent(
     result = RunResult(run.run_id, run.trace_id, ws, spec.name, "running")
     error: SynthhostError | None = None
     output: str | None = None
-    toolbox: ToolBox | None = None  # opened by the first step with tools, closed with the run
+    # The run's tool resources (MCP sessions, an HTTP client), opened by the first step
+    # that needs them; entered around the steps so their cancel scopes unwind in order.
+    toolbox: ToolBox | contextlib.nullcontext[None] = contextlib.nullcontext()
+    if any(spec.uses_loop(s) for s in spec.steps):
+        toolbox = ToolBox(host, search_dir(spec.source), run=run)
     try:
-        for step in spec.steps:
-            step_span = SpanRecord(new_id(), run.trace_id, run.run_id, "step", step.name, time.time(),
-                                   parent_id=run.run_id)
-            step_result = StepResult(step.name, "running", span_id=step_span.span_id)
-            result.steps.append(step_result)
-            try:
-                variables = step_variables(spec, step, resolved, result.outputs, workspace=ws,
-                                           run_id=run.run_id)
-                system, prompt = render_step(step, variables)
-                messages = ([{"role": "system", "content": system}] if system else []) + [
-                    {"role": "user", "content": prompt}]
-                model = step.model or spec.model
-                step_result.model = model
+        async with toolbox:
+            for step in spec.steps:
+                step_span = SpanRecord(new_id(), run.trace_id, run.run_id, "step", step.name, time.time(),
+                                       parent_id=run.run_id)
+                step_result = StepResult(step.name, "running", span_id=step_span.span_id)
+                result.steps.append(step_result)
+                try:
+                    variables = step_variables(spec, step, resolved, result.outputs, workspace=ws,
+                                               run_id=run.run_id)
+                    system, prompt = render_step(step, variables)
+                    messages = ([{"role": "system", "content": system}] if system else []) + [
+                        {"role": "user", "content": prompt}]
+                    model = step.model or spec.model
+                    step_result.model = model
 
-                def new_call(messages: list[dict[str, Any]], extra: dict[str, Any], *, _step: Any = step,
-                             _model: str = model, _parent: str = step_span.span_id) -> Call:
-                    call = make_call(
-                        host, model=_model, messages=messages, workspace=ws,
-                        params={**spec.params, **_step.params, **extra}, user=user, org=org, agent=spec.name,
-                        metadata=spec.metadata, max_attempts=spec.retry.max_attempts, run=run,
-                        parent=_parent, step=_step.name,
-                        on_delta=on_delta if _step is spec.steps[-1] else None,  # the agent's answer
-                    )
-                    call.retry_initial_delay_s = spec.retry.initial_delay_s
-                    call.retry_max_delay_s = spec.retry.max_delay_s
-                    return call
+                    def new_call(messages: list[dict[str, Any]], extra: dict[str, Any], *, _step: Any = step,
+                                 _model: str = model, _parent: str = step_span.span_id) -> Call:
+                        call = make_call(
+                            host, model=_model, messages=messages, workspace=ws,
+                            params={**spec.params, **_step.params, **extra}, user=user, org=org,
+                            agent=spec.name,
+                            metadata=spec.metadata, max_attempts=spec.retry.max_attempts, run=run,
+                            parent=_parent, step=_step.name,
+                            on_delta=on_delta if _step is spec.steps[-1] else None,  # the agent's answer
+                        )
+                        call.retry_initial_delay_s = spec.retry.initial_delay_s
+                        call.retry_max_delay_s = spec.retry.max_delay_s
+                        return call
 
-                if spec.uses_loop(step):
-                    if toolbox is None:
-                        from synthhost.tools.toolbox import ToolBox, search_dir
-
-                        toolbox = ToolBox(host, search_dir(spec.source))
-                    response = await loop_step(host, run, spec, step, toolbox, new_call, messages,
-                                               ws=ws, user=user, org=org, parent=step_span.span_id)
-                else:
-                    response = await traced_call(host, new_call(messages, {}), run)
-                output = response.text
-                result.outputs[step.output or step.name] = output
-                step_result.status, step_result.output = "ok", output
-            except BaseException as exc:
-                err = exc if isinstance(exc, SynthhostError) else cancelled_error("step")
-                status = status_of(err)
-                step_span.status, step_span.error_code, step_span.error_message = status, err.code, err.message
-                step_result.status, step_result.error_code, step_result.error_message = status, err.code, err.message
-                raise
-            finally:
-                step_span.ended_at = time.time()
-                if step_span.status == "running":
-                    step_span.status = "ok"
-                run.add_span(step_span)
-                if on_step is not None and step_result.status != "running":
-                    on_step(len(result.steps), len(spec.steps), step_result)
+                    if isinstance(toolbox, ToolBox) and spec.uses_loop(step):
+                        response = await loop_step(host, run, spec, step, toolbox, new_call, messages,
+                                                   ws=ws, user=user, org=org, parent=step_span.span_id)
+                    else:
+                        response = await traced_call(host, new_call(messages, {}), run)
+                    output = response.text
+                    result.outputs[step.output or step.name] = output
+                    step_result.status, step_result.output = "ok", output
+                except BaseException as exc:
+                    err = exc if isinstance(exc, SynthhostError) else cancelled_error("step")
+                    status = status_of(err)
+                    step_span.status, step_span.error_code, step_span.error_message = status, err.code, err.message
+                    step_result.status, step_result.error_code = status, err.code
+                    step_result.error_message = err.message
+                    raise
+                finally:
+                    step_span.ended_at = time.time()
+                    if step_span.status == "running":
+                        step_span.status = "ok"
+                    run.add_span(step_span)
+                    if on_step is not None and step_result.status != "running":
+                        on_step(len(result.steps), len(spec.steps), step_result)
     except SynthhostError as err:
         error = err
     except BaseException:
         try:
             with anyio.CancelScope(shield=True):
-                if toolbox is not None:
-                    await _close_toolbox(toolbox, run)
                 await finish_run(host, run, root, cancelled_error("run"), output, result=result)
         finally:
             collecting.__exit__(None, None, None)
         raise
     try:
-        if toolbox is not None:
-            await _close_toolbox(toolbox, run)
         await finish_run(host, run, root, error, output, result=result)
     finally:
         collecting.__exit__(None, None, None)
     return result
-
-
-async def _close_toolbox(toolbox: ToolBox, run: RunState) -> None:
-    """Close the run's MCP sessions and HTTP client; a server that fails to close is an
-    event, not a failed run (the run's work is done). No timeout of our own: the MCP
-    client's cancel scopes must unwind in the order they were entered (and its stdio
-    transport bounds a server's exit itself)."""
-    try:
-        await toolbox.aclose()
-    except Exception as exc:
-        run.host.emit("tool_source_close_failed", workspace=run.workspace, run_id=run.run_id,
-                      trace_id=run.trace_id, status="error", error=f"{type(exc).__name__}: {exc}"[:500])
 
 
 async def loop_step(host: Host, run: RunState, spec: AgentSpec, step: Any, toolbox: ToolBox,

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from synthhost import hookimpl
 from synthhost.agent import load_agent
 
 pytestmark = pytest.mark.anyio
@@ -123,3 +124,35 @@ async def test_an_mcp_server_over_streamable_http(make_host: Any, tmp_path: Path
     assert result.output is not None and result.output.startswith("echo: invalid arguments: a:")
     assert [(s.status, s.error_code) for s in spans] == [("ok", None), ("error", "TOOL_BAD_ARGUMENTS")]
     assert spans[0].attributes["output"] == "42"
+
+
+async def test_a_run_cancelled_mid_loop_closes_its_mcp_session(make_host: Any, tmp_path: Path) -> None:
+    import anyio
+
+    class SlowSecondTurn:
+        """The second model turn waits 30 s: the run is cancelled then, its session open."""
+
+        __name__ = "acme_slow_second_turn"
+
+        def __init__(self) -> None:
+            self.latencies = iter([0, 30_000])
+
+        @hookimpl
+        def pre_call(self, call: Any) -> None:
+            call.request.params["echo_latency_ms"] = next(self.latencies, 0)
+
+    path = write(tmp_path, {"command": ["python", str(SERVER)]}, [[{"name": "pid"}]])
+    async with make_host(SlowSecondTurn()) as host:
+        with anyio.move_on_after(3):
+            await host.run(load_agent(path), workspace="acme")
+        await host.writer.flush()
+        spans = tool_spans(host, _last_run(host))
+    assert host.count("runs", status="cancelled") == 1
+    _wait_gone(int(spans[0].attributes["output"]))  # the session ended with the cancelled run
+
+
+def _last_run(host: Any) -> str:
+    import sqlalchemy as sa
+
+    with host.engine.connect() as conn:
+        return str(conn.execute(sa.text("SELECT id FROM runs ORDER BY started_at DESC LIMIT 1")).scalar())

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import httpx
 
     from synthhost.host import Host
+    from synthhost.runner import RunState
 
 __all__ = ["ToolBox", "resolve_static", "search_dir"]
 
@@ -44,9 +45,10 @@ def resolve_static(host: Host, entry: ToolSpec, base_dir: str | None = None) -> 
 
 
 class ToolBox:
-    def __init__(self, host: Host, base_dir: str | None = None) -> None:
+    def __init__(self, host: Host, base_dir: str | None = None, *, run: RunState | None = None) -> None:
         self.host = host
         self.base_dir = base_dir
+        self.run = run
         self._stack = contextlib.AsyncExitStack()
         self._resolved: dict[int, list[Tool]] = {}  # by id() of the entry (entries live as long as the run)
         self._client: httpx.AsyncClient | None = None
@@ -55,7 +57,15 @@ class ToolBox:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+        """Close what the run opened. A server that fails to close is an event, not a
+        failed run (its work is done); a cancellation still propagates."""
+        try:
+            await self.aclose()
+        except Exception as error:
+            run = self.run
+            self.host.emit("tool_source_close_failed", status="error",
+                           workspace=run.workspace if run else None, run_id=run.run_id if run else None,
+                           trace_id=run.trace_id if run else None, error=f"{type(error).__name__}: {error}"[:500])
 
     async def aclose(self) -> None:
         await self._stack.aclose()
