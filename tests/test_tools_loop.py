@@ -452,3 +452,22 @@ async def test_a_provider_without_tool_calling_is_refused_for_a_step_with_tools(
     assert result.error_code == "INVALID_AGENT"
     assert result.error_message == "step 's': provider 'anthropic' cannot call tools (use an OpenAI-compatible " \
                                    "provider, or echo offline)"
+
+
+async def test_step_level_tools_override_the_agent_s(make_host: Any) -> None:
+    spec = parse_agent(textwrap.dedent("""\
+        name: mixed
+        model: echo/m
+        params: {echo_tool_calls: [[{name: add, arguments: {a: 1, b: 1}}]]}
+        tools: [{name: add}]
+        steps:
+          - {name: plain, prompt: first, tools: [], params: {echo_tool_calls: []}}
+          - {name: acting, prompt: second}
+          - {name: shouting, prompt: "{{ acting }}", tools: [{name: shout}],
+             params: {echo_tool_calls: [[{name: shout, arguments: {text: done}}]]}}
+        """))
+    async with make_host(Toolkit()) as host:
+        result = await host.run(spec, workspace="acme")
+        offered = [[t["function"]["name"] for t in c.params.get("tools", [])] for c in host.provider("echo").calls]
+    assert result.outputs == {"plain": "echo: first", "acting": "echo: 2", "shouting": "echo: DONE"}
+    assert offered == [[], ["add"], ["add"], ["shout"], ["shout"]]
