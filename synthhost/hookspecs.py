@@ -10,14 +10,15 @@ yet, so they only declare). Their return value must be ``None``. The host calls 
 plugin's implementation on its own, with a ``register`` callback bound to that plugin,
 so it knows which plugin declared what and can refuse collisions.
 
-Call hooks (``pre_call``, ``post_call``, ``on_failure``, ``on_trace``) run for the
+Call hooks (``pre_call``, ``post_call``, ``on_failure``, ``pre_tool``, ``post_tool``,
+``on_tool_failure``, ``on_trace``) run for the
 plugins *active* for the call's workspace: a plugin with a gate (see
 :func:`register_gate`) is active when its gate is on for that workspace; a plugin with no
 gate is always active. They run in the documented stage order (:class:`synthhost.Stage`),
 never in registration order.
 
-Error policy, for every call hook: :class:`synthhost.Denied` raised from ``pre_call`` or
-``post_call`` stops the call with its code, and later plugins do not run. Any other
+Error policy, for every call hook: :class:`synthhost.Denied` raised from ``pre_call``,
+``post_call``, ``pre_tool`` or ``post_tool`` stops the call with its code, and later plugins do not run. Any other
 exception is isolated: the host records a ``plugin_error`` event naming the plugin and
 the hook, counts it (``host.stats.plugin_errors``), and goes on without that plugin's
 result (fail-open), unless the plugin registered ``fail_closed=True`` or is listed in
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
         RegisterRetention,
         RegisterRoute,
     )
+    from synthhost.tools import RegisterTool, ToolCall, ToolResult
     from synthhost.trace import Trace
 
 hookspec = pluggy.HookspecMarker("synthhost")
@@ -196,6 +198,22 @@ def register_routes(register: RegisterRoute) -> None:
     """
 
 
+@hookspec
+def register_tools(register: RegisterTool) -> None:
+    """Offer tools that agents can call by name (``tools: [{name: weather}]`` in an
+    agent file).
+
+    :param register: ``register(tool, *, name=None, description=None, timeout_s=None)``.
+        ``tool`` is a :class:`synthhost.tools.Tool`, or a typed function (``def`` or
+        ``async def``) whose argument schema is derived from its type hints with
+        pydantic and whose description is its docstring's first paragraph; sync
+        functions run in a worker thread. Two plugins registering the same name is an
+        error at start-up.
+
+    Return value: ignored.
+    """
+
+
 # -- lifecycle ---------------------------------------------------------------------------
 
 
@@ -279,6 +297,58 @@ def on_failure(call: Call, error: BaseException, attempt: int) -> Recovery | Non
     to let the next plugin decide. The host's default recovery plugin answers last:
     retry retryable errors with exponential backoff and full jitter up to
     ``call.max_attempts``, never auth or validation errors.
+    """
+
+
+@hookspec
+def pre_tool(tool: ToolCall) -> ToolResult | Awaitable[ToolResult | None] | None:
+    """Before each tool call an agent's model asked for, in stage order (policy, rate
+    limit, input guardrails, ...), like ``pre_call``.
+
+    :param tool: the tool call's context: ``tool.name``, ``tool.source`` (``python``,
+        ``http``, ``mcp``, ``plugin``), ``tool.args`` (a dict; change it in place to
+        change what the tool receives), ``tool.turn``, the run's tenant and ids, and
+        ``tool.attributes`` (recorded on the tool's span).
+
+    Return value: ``None`` to go on, or a :class:`synthhost.tools.ToolResult` to answer
+    instead of the tool (it is not called; ``post_tool`` still runs). Raise
+    :class:`synthhost.Denied` to block the call: later plugins do not run, the tool is
+    not called, and the model is sent an error result naming the code (the run goes on:
+    the model may answer without the tool). Other exceptions follow the call hooks'
+    error policy.
+    """
+
+
+@hookspec
+def post_tool(tool: ToolCall, result: ToolResult) -> Awaitable[None] | None:
+    """After each tool call (one that succeeded or failed: ``result.is_error``), before
+    the model sees the result, in stage order (output guardrails, ..., telemetry).
+
+    :param tool: the tool call's context (the arguments as the tool received them).
+    :param result: what the tool produced; ``result.content`` is the text the model will
+        read: rewrite it in place to redact.
+
+    Return value: ``None`` (anything else is a ``plugin_error``). Raise
+    :class:`synthhost.Denied` to withhold the result: the model is sent an error result
+    naming the code instead.
+    """
+
+
+@hookspec(firstresult=True)
+def on_tool_failure(tool: ToolCall, result: ToolResult, attempt: int) -> Recovery | ToolResult | None:
+    """After a tool call failed in the tool itself (an exception, a timeout, bad
+    arguments, an HTTP or MCP error; not a denial, not an unknown tool), in stage order;
+    the first non-``None`` answer wins. Nothing retries a tool by default.
+
+    :param tool: the tool call's context (``tool.args`` as the tool received them).
+    :param result: the error result (``result.error_code``, ``result.content``).
+    :param attempt: the attempt that failed, from 1; a tool is tried at most 3 times.
+
+    Return value: a :class:`synthhost.Recovery`: ``retry`` (after ``delay`` seconds),
+    ``reroute`` with ``changes={"args": {...}}`` (repaired arguments, then tried again)
+    or ``give_up``; a :class:`synthhost.tools.ToolResult` to answer instead (a repair:
+    the model reads it, ``post_tool`` still runs); or ``None`` to let the next plugin
+    decide.
     """
 
 

@@ -3,6 +3,7 @@ migrations, health checks and HTTP routes. The host fills one :class:`Registry` 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -12,6 +13,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from synthhost.call import Call, Request, Response
     from synthhost.host import Host
+    from synthhost.tools import Tool
+
+
+# OpenAI's rule for function names, which every provider here accepts.
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Stage(IntEnum):
@@ -65,6 +71,10 @@ class GateSpec:
 
 
 class Provider(Protocol):
+    """``complete`` answers a request. Optional attributes: ``supports_tools = False``
+    makes the agent loop refuse a step with tools on this provider (default: assumed to
+    speak OpenAI's tool-calling format); ``call.on_delta`` set means the caller streams."""
+
     async def complete(self, request: Request, *, call: Call) -> Response: ...
 
 
@@ -181,6 +191,7 @@ class Registry:
     health_checks: dict[str, tuple[str, HealthCheck]] = field(default_factory=dict)
     retention: dict[str, RetentionSpec] = field(default_factory=dict)
     routes: dict[str, RouteSpec] = field(default_factory=dict)
+    tools: dict[str, tuple[str, Tool]] = field(default_factory=dict)  # name -> (plugin, tool)
 
     def add_flag(self, plugin: str, name: str, default: bool = False, description: str = "") -> None:
         existing = self.flags.get(name)
@@ -257,3 +268,23 @@ class Registry:
             raise RegistrationError(f"route {path!r} registered by {self.routes[path].plugin!r} and {plugin!r}")
         verbs = tuple(m.upper() for m in methods)
         self.routes[path] = RouteSpec(path, endpoint, plugin, verbs, bool(auth), name)
+
+    def add_tool(self, plugin: str, tool: Any, *, name: str | None = None, description: str | None = None,
+                 timeout_s: float | None = None) -> None:
+        """A plugin's tool: a :class:`~synthhost.tools.Tool` or a typed function."""
+        from synthhost.tools import Tool
+        from synthhost.tools.python import python_tool
+
+        try:
+            if isinstance(tool, Tool):
+                tool = tool.with_overrides(name=name, description=description, timeout_s=timeout_s)
+            else:
+                tool = python_tool(tool, name=name, description=description, timeout_s=timeout_s, source="plugin")
+        except ValueError as exc:
+            raise RegistrationError(f"plugin {plugin!r}: tool {name or getattr(tool, '__name__', tool)!r}: {exc}") \
+                from None
+        if not _TOOL_NAME.match(tool.name):
+            raise RegistrationError(f"plugin {plugin!r}: tool name {tool.name!r} must match {_TOOL_NAME.pattern}")
+        if tool.name in self.tools:
+            raise RegistrationError(f"tool {tool.name!r} registered by {self.tools[tool.name][0]!r} and {plugin!r}")
+        self.tools[tool.name] = (plugin, tool)

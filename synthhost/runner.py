@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -11,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from synthhost.call import Call, Request, Response, StashKey, new_id
-from synthhost.errors import Denied, ErrorCode, ProviderError, SynthhostError
+from synthhost.call import Call, Request, Response, StashKey, StreamDelta, new_id
+from synthhost.errors import Denied, ErrorCode, ProviderError, SynthhostError, UsageError
 from synthhost.storage.models import Run, Span
+from synthhost.tools.toolbox import ToolBox, search_dir
 from synthhost.trace import EventRecord, RunResult, SpanRecord, Status, StepResult, Trace
 
 if TYPE_CHECKING:
@@ -101,6 +103,8 @@ class RunState:
         self, status: str, ended_at: float | None, output: Any, error: SynthhostError | None
     ) -> dict[str, Any]:
         attributes: dict[str, Any] = {"tokens": self.tokens, "calls": sum(s.kind == "call" for s in self.spans)}
+        if tool_calls := sum(s.kind == "tool" for s in self.spans):
+            attributes["tool_calls"] = tool_calls
         if self.priced_calls:
             attributes["cost_usd"] = f"{self.cost:f}"
         if self.unpriced_calls:
@@ -198,6 +202,16 @@ async def _attempts(host: Host, call: Call, chain: Any) -> Response:
         call.stash[_ANSWER] = None
 
 
+def _span_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The params a span records: tool definitions by name only (their schemas would be
+    repeated on every turn of every step)."""
+    tools = params.get("tools")
+    if not isinstance(tools, list):
+        return params
+    names = [t.get("function", {}).get("name") if isinstance(t, dict) else None for t in tools]
+    return {**params, "tools": names}
+
+
 def call_span(call: Call, response: Response | None, error: SynthhostError | None, ended: float) -> SpanRecord:
     attrs: dict[str, Any] = {
         "provider": call.request.provider,
@@ -205,7 +219,7 @@ def call_span(call: Call, response: Response | None, error: SynthhostError | Non
         "requested_model": call.requested_model,
         "requested_provider": call.requested_provider,
         "attempts": call.attempt,
-        "params": call.request.params,
+        "params": _span_params(call.request.params),
         "input": call.request.messages,
     }
     if call.request.region:
@@ -249,7 +263,7 @@ def make_call(
     host: Host, *, model: str, messages: list[dict[str, Any]] | str, workspace: str,
     params: Mapping[str, Any] | None, user: str | None, org: str | None, agent: str | None,
     metadata: Mapping[str, Any] | None, max_attempts: int, run: RunState,
-    parent: str | None = None, step: str | None = None,
+    parent: str | None = None, step: str | None = None, on_delta: Callable[[StreamDelta], None] | None = None,
 ) -> Call:
     provider, name = split_model(model)
     request_metadata = dict(metadata or {})
@@ -262,7 +276,7 @@ def make_call(
                       params=dict(params or {}), metadata=request_metadata)
     return Call(host=host, request=request, workspace=workspace, user=user, org=org, agent=agent,
                 step=step, run_id=run.run_id, trace_id=run.trace_id, parent_span_id=parent,
-                max_attempts=max_attempts, metadata=dict(metadata or {}))
+                max_attempts=max_attempts, metadata=dict(metadata or {}), on_delta=on_delta)
 
 
 async def complete_standalone(host: Host, **kw: Any) -> Response:
@@ -309,7 +323,7 @@ def build_trace(run: RunState, status: str, ended: float, output: Any, error: Sy
 async def run_agent(
     host: Host, spec: AgentSpec, *, inputs: Mapping[str, Any], workspace: str | None,
     user: str | None, org: str | None, on_step: Callable[[int, int, StepResult], None] | None = None,
-    run_id: str | None = None,
+    run_id: str | None = None, on_delta: Callable[[StreamDelta], None] | None = None,
 ) -> RunResult:
     from synthhost.agent import render_step, resolve_inputs, step_variables
 
@@ -326,45 +340,63 @@ async def run_agent(
     result = RunResult(run.run_id, run.trace_id, ws, spec.name, "running")
     error: SynthhostError | None = None
     output: str | None = None
+    # The run's tool resources (MCP sessions, an HTTP client), opened by the first step
+    # that needs them; entered around the steps so their cancel scopes unwind in order.
+    toolbox: ToolBox | contextlib.nullcontext[None] = contextlib.nullcontext()
+    if any(spec.uses_loop(s) for s in spec.steps):
+        toolbox = ToolBox(host, search_dir(spec.source), run=run)
     try:
-        for step in spec.steps:
-            step_span = SpanRecord(new_id(), run.trace_id, run.run_id, "step", step.name, time.time(),
-                                   parent_id=run.run_id)
-            step_result = StepResult(step.name, "running", span_id=step_span.span_id)
-            result.steps.append(step_result)
-            try:
-                variables = step_variables(spec, step, resolved, result.outputs, workspace=ws,
-                                           run_id=run.run_id)
-                system, prompt = render_step(step, variables)
-                messages = ([{"role": "system", "content": system}] if system else []) + [
-                    {"role": "user", "content": prompt}]
-                model = step.model or spec.model
-                step_result.model = model
-                call = make_call(
-                    host, model=model, messages=messages, workspace=ws,
-                    params={**spec.params, **step.params}, user=user, org=org, agent=spec.name,
-                    metadata=spec.metadata, max_attempts=spec.retry.max_attempts, run=run,
-                    parent=step_span.span_id, step=step.name,
-                )
-                call.retry_initial_delay_s = spec.retry.initial_delay_s
-                call.retry_max_delay_s = spec.retry.max_delay_s
-                response = await traced_call(host, call, run)
-                output = response.text
-                result.outputs[step.output or step.name] = output
-                step_result.status, step_result.output = "ok", output
-            except BaseException as exc:
-                err = exc if isinstance(exc, SynthhostError) else cancelled_error("step")
-                status = status_of(err)
-                step_span.status, step_span.error_code, step_span.error_message = status, err.code, err.message
-                step_result.status, step_result.error_code, step_result.error_message = status, err.code, err.message
-                raise
-            finally:
-                step_span.ended_at = time.time()
-                if step_span.status == "running":
-                    step_span.status = "ok"
-                run.add_span(step_span)
-                if on_step is not None and step_result.status != "running":
-                    on_step(len(result.steps), len(spec.steps), step_result)
+        async with toolbox:
+            for step in spec.steps:
+                step_span = SpanRecord(new_id(), run.trace_id, run.run_id, "step", step.name, time.time(),
+                                       parent_id=run.run_id)
+                step_result = StepResult(step.name, "running", span_id=step_span.span_id)
+                result.steps.append(step_result)
+                try:
+                    variables = step_variables(spec, step, resolved, result.outputs, workspace=ws,
+                                               run_id=run.run_id)
+                    system, prompt = render_step(step, variables)
+                    messages = ([{"role": "system", "content": system}] if system else []) + [
+                        {"role": "user", "content": prompt}]
+                    model = step.model or spec.model
+                    step_result.model = model
+
+                    def new_call(messages: list[dict[str, Any]], extra: dict[str, Any], *, _step: Any = step,
+                                 _model: str = model, _parent: str = step_span.span_id) -> Call:
+                        call = make_call(
+                            host, model=_model, messages=messages, workspace=ws,
+                            params={**spec.params, **_step.params, **extra}, user=user, org=org,
+                            agent=spec.name,
+                            metadata=spec.metadata, max_attempts=spec.retry.max_attempts, run=run,
+                            parent=_parent, step=_step.name,
+                            on_delta=on_delta if _step is spec.steps[-1] else None,  # the agent's answer
+                        )
+                        call.retry_initial_delay_s = spec.retry.initial_delay_s
+                        call.retry_max_delay_s = spec.retry.max_delay_s
+                        return call
+
+                    if isinstance(toolbox, ToolBox) and spec.uses_loop(step):
+                        response = await loop_step(host, run, spec, step, toolbox, new_call, messages,
+                                                   ws=ws, user=user, org=org, parent=step_span.span_id)
+                    else:
+                        response = await traced_call(host, new_call(messages, {}), run)
+                    output = response.text
+                    result.outputs[step.output or step.name] = output
+                    step_result.status, step_result.output = "ok", output
+                except BaseException as exc:
+                    err = exc if isinstance(exc, SynthhostError) else cancelled_error("step")
+                    status = status_of(err)
+                    step_span.status, step_span.error_code, step_span.error_message = status, err.code, err.message
+                    step_result.status, step_result.error_code = status, err.code
+                    step_result.error_message = err.message
+                    raise
+                finally:
+                    step_span.ended_at = time.time()
+                    if step_span.status == "running":
+                        step_span.status = "ok"
+                    run.add_span(step_span)
+                    if on_step is not None and step_result.status != "running":
+                        on_step(len(result.steps), len(spec.steps), step_result)
     except SynthhostError as err:
         error = err
     except BaseException:
@@ -379,6 +411,26 @@ async def run_agent(
     finally:
         collecting.__exit__(None, None, None)
     return result
+
+
+async def loop_step(host: Host, run: RunState, spec: AgentSpec, step: Any, toolbox: ToolBox,
+                    new_call: Callable[[list[dict[str, Any]], dict[str, Any]], Call],
+                    messages: list[dict[str, Any]], *, ws: str, user: str | None, org: str | None,
+                    parent: str) -> Response:
+    """A step with tools or an ``output_schema``: the agent loop."""
+    from synthhost.agent_loop import LoopScope, run_tool_loop
+    from synthhost.structured import OutputSchema
+
+    max_turns, schema, retries = spec.loop_for(step)
+    tools = await toolbox.resolve(spec.tools_for(step))
+    output = None
+    if schema is not None:
+        try:
+            output = OutputSchema.from_spec(schema, retries=retries, base_dir=toolbox.base_dir)
+        except ValueError as exc:
+            raise UsageError(f"step {step.name!r}: output_schema: {exc}") from None
+    scope = LoopScope(ws, user, org, spec.name, step.name, parent, spec.metadata)
+    return await run_tool_loop(host, run, scope, new_call, messages, tools=tools, max_turns=max_turns, output=output)
 
 
 async def finish_run(host: Host, run: RunState, root: SpanRecord | None, error: SynthhostError | None,

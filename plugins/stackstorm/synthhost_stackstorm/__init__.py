@@ -12,6 +12,7 @@ real request. See :mod:`synthhost_stackstorm.plugin` for the contract,
 from synthhost_stackstorm.plugin import (
     health,
     on_failure,
+    on_tool_failure,
     post_call,
     register_commands,
     register_flags,
@@ -25,6 +26,7 @@ from synthhost_stackstorm.plugin import (
 __all__ = [
     "health",
     "on_failure",
+    "on_tool_failure",
     "post_call",
     "register_commands",
     "register_flags",
