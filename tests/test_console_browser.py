@@ -208,3 +208,25 @@ def test_pages_work_at_390px_and_by_keyboard(site: Site, open_page: Any) -> None
         page.keyboard.press("Tab")
         reached.add(page.evaluate("(e => e.name || e.textContent.trim())(document.activeElement)"))
     assert {"Runs", "Costs", "Flags", "status", "Filter"} <= reached
+
+
+def test_a_running_run_updates_in_place_when_it_ends(site: Site, open_page: Any) -> None:
+    spec = {"name": "slow", "model": "echo/gpt-4o", "params": {"echo_latency_ms": 1500},
+            "steps": [{"name": "one", "prompt": "hi"}]}
+    r = site_post(site, "/v1/runs", {"spec": spec})
+    run_id = r["id"]
+    site.host.wait_for_events()
+    page = open_page(site.member_a)
+    status = page.locator(f'tr[data-run-id="{run_id}"] [data-field="status"]')
+    assert status.inner_text() in ("running", "ok")  # "ok" only on a very slow machine
+    status.filter(has_text="ok").wait_for(timeout=30_000)  # the SSE event, no reload
+    assert page.locator(f'tr[data-run-id="{run_id}"] [data-field="tokens"]').inner_text() != "—"
+
+
+def site_post(site: Site, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    import httpx
+
+    r = httpx.post(site.url + path, headers={"Authorization": f"Bearer {site.member_a}"}, json=body, timeout=30)
+    assert r.status_code == 202, r.text
+    out: dict[str, Any] = r.json()
+    return out
