@@ -173,7 +173,10 @@ def costs(host: Host, workspace: str, params: dict[str, str]) -> Costs:
         out.calls += 1
         out.tokens += tokens
         if cost is None:
-            out.unpriced += 1
+            # Unpriced as the runner counts it: the cost plugin found no price. A call
+            # denied before the provider, or made with costs off, is not billed at all.
+            details = attrs.get("cost")
+            out.unpriced += isinstance(details, dict) and details.get("priced") is False
         else:
             out.total += cost
             for group, key in keys.items():
