@@ -122,8 +122,18 @@ def test_admin_writes_need_the_csrf_token_and_are_audited(site: Site) -> None:
     assert site.host.flags.state("b")[0] is not None and next(
         f for f in site.host.flags.state("b") if f.name == "track_model_costs").source == "workspace"  # b untouched
 
-    r = admin.post("/ui/queues/retry-parked", data={"exporter": "", "csrf": token})
-    assert r.status_code == 200 and "0 parked row(s)" in r.text
+    from synthhost.outbox import OUTBOX, PARKED, PENDING
+    from synthhost.storage.models import utcnow
+
+    with site.host.engine.begin() as conn:  # a row an exporter gave up on
+        now = utcnow()
+        conn.execute(OUTBOX.insert().values(event_id="e" * 32, exporter="console_sink", state=PARKED, attempts=5,
+                                            next_attempt_at=now, created_at=now, last_error="HTTP 500"))
+    assert 'data-field="parked">1<' in admin.get("/ui/queues").text
+    assert admin.post("/ui/queues/retry-parked", data={"exporter": "nope", "csrf": token}).status_code == 400
+    r = admin.post("/ui/queues/retry-parked", data={"exporter": "console_sink", "csrf": token})
+    assert r.status_code == 200 and "1 parked row(s)" in r.text
+    assert site.host.count(OUTBOX, state=PENDING, exporter="console_sink") == 1
 
     with site.host.engine.connect() as conn:
         import sqlalchemy as sa
@@ -133,7 +143,7 @@ def test_admin_writes_need_the_csrf_token_and_are_audited(site: Site) -> None:
     contexts = [(ws, c if isinstance(c, dict) else json.loads(c)) for ws, c in rows]
     assert [(ws, c["action"], c["target"]) for ws, c in contexts] == [
         ("a", "flags.set", "track_model_costs"), ("a", "flags.unset", "track_model_costs"),
-        ("a", "queue.retry_parked", None)]
+        ("a", "queue.retry_parked", "console_sink")]
     assert contexts[0][1]["enabled"] is False and contexts[0][1]["actor"].startswith("key:")
 
 
@@ -217,3 +227,24 @@ def test_the_live_stream_reports_a_running_run_when_it_ends(site: Site) -> None:
     assert lines[0] == "event: run" and lines[-2] == "event: done"
     finished = json.loads(lines[1].removeprefix("data: "))
     assert finished["id"] == run_id and finished["status"] == "ok" and finished["duration_ms"] is not None
+
+
+def test_a_denied_run_shows_its_denial(site: Site) -> None:
+    page = html.unescape(signed_in(site, site.member_a).get(f"/ui/runs/{site.runs['denied']}").text)
+    assert "POLICY_DENIED" in page and "denied by the test policy" in page
+
+
+def test_a_plugin_cannot_take_a_console_path(make_host: Any) -> None:
+    from synthhost import hookimpl
+    from synthhost.gateway import create_app
+    from synthhost.registry import RegistrationError
+
+    class Squatter:
+        __name__ = "acme_console_squatter"
+
+        @hookimpl
+        def register_routes(self, register: Any) -> None:
+            register("/ui/runs", lambda request: None)
+
+    with pytest.raises(RegistrationError, match=r"acme_console_squatter.*'/ui/runs'"):
+        create_app(make_host(Squatter()))

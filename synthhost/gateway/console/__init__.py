@@ -308,11 +308,14 @@ class Console:
         return self.render(request, "queues.html", title="Queues", stats=stats, message=message)
 
     async def retry_parked(self, request: Request) -> Response:
-        from synthhost.outbox import retry_parked
+        from synthhost.outbox import queue_stats, retry_parked
 
         exporter = request.state.form.get("exporter") or None
         if exporter is not None and exporter not in self.host.registry.exporters:
-            return self.error(request, 400, "'exporter': unknown exporter")
+            # Rows left by an exporter no longer installed can be retried too.
+            known = await anyio.to_thread.run_sync(queue_stats, self.host.engine, ())
+            if exporter not in known:
+                return self.error(request, 400, "'exporter': unknown exporter")
         count = await anyio.to_thread.run_sync(retry_parked, self.host.engine, exporter)
         await audit(request, "queue.retry_parked", exporter, rows=count)
         return await self.queues(request, f"{count} parked row(s) put back to pending.")
