@@ -248,3 +248,15 @@ def test_a_plugin_cannot_take_a_console_path(make_host: Any) -> None:
 
     with pytest.raises(RegistrationError, match=r"acme_console_squatter.*'/ui/runs'"):
         create_app(make_host(Squatter()))
+
+
+def test_a_session_holds_on_every_serve_process_of_the_database_and_its_secret(site: Site, make_host: Any) -> None:
+    from tests.gateway_server import serving
+
+    cookie = {COOKIE: signed_in(site, site.member_a).cookies[COOKIE]}
+    with serving(make_site_host(make_host)) as same, \
+            serving(make_site_host(make_host, SYNTHHOST_CONSOLE_SECRET="another-console-secret")) as other:
+        r = httpx.get(same + "/ui/runs", cookies=cookie)
+        assert r.status_code == 200 and site.runs["agent"] in r.text
+        refused = httpx.get(other + "/ui/runs", cookies=cookie)
+        assert refused.status_code == 303 and refused.headers["location"].startswith("/ui/login")

@@ -95,9 +95,7 @@ class Console:
         403; a write without the session's CSRF token → 403."""
 
         async def wrapper(request: Request) -> Response:
-            session = self.sessions.read(request.cookies.get(COOKIE))
-            if session is not None and not await anyio.to_thread.run_sync(self.sessions.key_live, session.key.id):
-                session = None
+            session = await anyio.to_thread.run_sync(self.sessions.read, request.cookies.get(COOKIE))
             if session is None:
                 if request.method != "GET":
                     return self.error(request, 401, "Your session has ended: sign in again.")
@@ -162,7 +160,7 @@ class Console:
             return self.render(request, "login.html", status=401, title="Sign in", next=target,
                                message="That API key is not valid (or has been revoked).")
         response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
-        response.set_cookie(COOKIE, self.sessions.issue(info), max_age=MAX_AGE_S, path="/ui", httponly=True,
+        response.set_cookie(COOKIE, self.sessions.issue(key, info), max_age=MAX_AGE_S, path="/ui", httponly=True,
                             samesite="strict", secure=request.url.scheme == "https")
         return response
 
