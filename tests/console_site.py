@@ -60,8 +60,9 @@ def seed(site: Site) -> None:
     host = site.host
     host.flags.set("track_model_costs", True, workspace="a")
     host.flags.set("track_model_costs", True, workspace="b")
-    for label, model in (("mini", "echo/gpt-4o-mini"), ("big", "echo/gpt-4o"), ("big2", "echo/gpt-4o")):
-        assert site.chat(site.member_a, model).status_code == 200
+    for label, model, user in (("mini", "echo/gpt-4o-mini", "ada"), ("big", "echo/gpt-4o", None),
+                               ("big2", "echo/gpt-4o", "ada")):
+        assert site.chat(site.member_a, model, **({"user": user} if user else {})).status_code == 200
         site.runs[label] = site.newest_run(site.member_a)
     assert site.chat(site.member_a, "echo/gpt-4o", deny=True).status_code == 403
     site.runs["denied"] = site.newest_run(site.member_a)

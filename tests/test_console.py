@@ -172,6 +172,7 @@ def test_the_costs_csv_holds_each_call_and_adds_up_to_the_runs(site: Site) -> No
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert sorted(row["model"] for row in rows if row["cost_usd"]) == ["echo/gpt-4o"] * 4 + ["echo/gpt-4o-mini"]
     assert {row["agent"] for row in rows} == {"writer", "(none)"}
+    assert sorted(row["model"] for row in rows if row["user"] == "ada") == ["echo/gpt-4o", "echo/gpt-4o-mini"]
     total = sum(Decimal(row["cost_usd"]) for row in rows if row["cost_usd"])
     runs = httpx.get(site.url + "/v1/traces", headers={"Authorization": f"Bearer {site.member_a}"}).json()["data"]
     assert total == sum(Decimal(run["cost_usd"]) for run in runs if run["cost_usd"]) > 0
@@ -260,3 +261,16 @@ def test_a_session_holds_on_every_serve_process_of_the_database_and_its_secret(s
         assert r.status_code == 200 and site.runs["agent"] in r.text
         refused = httpx.get(other + "/ui/runs", cookies=cookie)
         assert refused.status_code == 303 and refused.headers["location"].startswith("/ui/login")
+
+
+def test_the_trace_page_redacts_secrets_as_exports_do(site: Site) -> None:
+    secret = "sk-live-ABCDEFGHIJKLMNOPQRST"
+    r = httpx.post(site.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {site.member_a}"},
+                   json={"model": "echo/gpt-4o", "messages": [{"role": "user", "content": f"my key is {secret}"}]})
+    assert r.status_code == 200
+    client = signed_in(site, site.member_a)
+    run_id = site.newest_run(site.member_a)
+    page = client.get(f"/ui/runs/{run_id}").text
+    export = client.get(f"/ui/runs/{run_id}/export").text
+    assert "my key is [redacted]" in page and "my key is [redacted]" in export
+    assert secret not in page and secret not in export
