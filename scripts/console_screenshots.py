@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import tempfile
+import types
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,10 @@ def main() -> None:
     def make_host(*plugins: Any, env: dict[str, str] | None = None) -> Host:
         full = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp}/shots.db", "SYNTHHOST_HOME": tmp,
                 "SYNTHHOST_SPOOL_DIR": f"{tmp}/spool", **(env or {})}
-        return Host(Settings.from_env(full), plugins=plugins, load_entrypoints=False)
+        # Every installed plugin (the flags page shows all phases); the seed's own cost
+        # plugin module is one of them.
+        own = [p for p in plugins if not isinstance(p, types.ModuleType)]
+        return Host(Settings.from_env(full), plugins=own, load_entrypoints=True)
 
     from playwright.sync_api import sync_playwright
 

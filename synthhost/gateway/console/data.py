@@ -21,9 +21,11 @@ from synthhost.traces import EVENTS, export_trace, load_trace, parse_since, reda
 if TYPE_CHECKING:
     from synthhost.host import Host
 
-# The deployment checklist's rollout order; flags it does not name show no phase.
+# The deployment checklist's rollout order (prompt checks go with similarity logging,
+# the RudderStack switch with its Phase 4 step); other flags show no phase.
 PHASES: dict[str, int] = {
-    "track_model_costs": 1, "enable_similarity_logging": 1,
+    "track_model_costs": 1, "enable_similarity_logging": 1, "enable_prompt_similarity_check": 1,
+    "disable_rudderstack_export": 4,
     "enable_langfuse_export": 2, "enable_async_trace_export": 2,
     "enable_archgw_routing": 3, "enable_policy_engine": 3, "enable_rate_limiting": 3, "enable_guardrails_ai": 3,
     "enable_stackstorm": 4, "enable_stackstorm_retry": 4, "enable_stackstorm_reroute": 4,
