@@ -274,3 +274,12 @@ def test_the_trace_page_redacts_secrets_as_exports_do(site: Site) -> None:
     export = client.get(f"/ui/runs/{run_id}/export").text
     assert "my key is [redacted]" in page and "my key is [redacted]" in export
     assert secret not in page and secret not in export
+
+
+def test_sign_out_clears_the_cookie(site: Site) -> None:
+    client = signed_in(site, site.member_a)
+    assert client.post("/ui/logout", data={}).status_code == 403  # no CSRF token: no sign-out by a third party
+    r = client.post("/ui/logout", data={"csrf": csrf_of(client, "/ui/runs")})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/login"
+    assert COOKIE not in client.cookies
+    assert client.get("/ui/runs").headers["location"].startswith("/ui/login")

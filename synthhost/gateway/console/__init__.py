@@ -30,6 +30,7 @@ from synthhost.gateway.console import charts, data
 from synthhost.gateway.console.session import COOKIE, MAX_AGE_S, Session, Sessions
 from synthhost.gateway.keys import KeyCache
 from synthhost.gateway.plugin_api import audit
+from synthhost.gateway.traces_api import STATUSES
 
 if TYPE_CHECKING:
     from synthhost.host import Host
@@ -178,13 +179,13 @@ class Console:
             page = await anyio.to_thread.run_sync(data.runs_page, self.host, request.state.workspace, params)
         except ValueError as exc:
             return self.render(request, "runs.html", status=400, title="Runs", params=params, runs=[],
-                               next_url=None, message=str(exc), statuses=data_statuses())
+                               next_url=None, message=str(exc), statuses=STATUSES)
         next_url = None
         if page["next_cursor"]:
             next_url = "/ui/runs?" + urlencode({**{k: v for k, v in params.items() if v},
                                                 "cursor": page["next_cursor"]})
         return self.render(request, "runs.html", title="Runs", params=params, runs=page["data"],
-                           next_url=next_url, message=None, statuses=data_statuses())
+                           next_url=next_url, message=None, statuses=STATUSES)
 
     async def live(self, request: Request) -> Response:
         """Server-sent events: the status of the given running runs, whenever it changes;
@@ -317,12 +318,6 @@ class Console:
         count = await anyio.to_thread.run_sync(retry_parked, self.host.engine, exporter)
         await audit(request, "queue.retry_parked", exporter, rows=count)
         return await self.queues(request, f"{count} parked row(s) put back to pending.")
-
-
-def data_statuses() -> tuple[str, ...]:
-    from synthhost.gateway.traces_api import STATUSES
-
-    return STATUSES
 
 
 def console_routes(host: Host, keys: KeyCache, guarded: Callable[[Endpoint], Endpoint]) -> list[BaseRoute]:
