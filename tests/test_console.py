@@ -283,3 +283,18 @@ def test_sign_out_clears_the_cookie(site: Site) -> None:
     assert r.status_code == 303 and r.headers["location"] == "/ui/login"
     assert COOKIE not in client.cookies
     assert client.get("/ui/runs").headers["location"].startswith("/ui/login")
+
+
+def test_the_runs_list_pages_by_cursor_keeping_its_filters(site: Site) -> None:
+    client = signed_in(site, site.member_a)
+    seen: list[str] = []
+    path: str | None = "/ui/runs?limit=2&since=1d"
+    while path:
+        page = html.unescape(client.get(path).text)
+        seen += re.findall(r'<tr data-run-id="([0-9a-f]+)">', page)
+        link = re.search(r'<a href="([^"]+)" rel="next">', page)
+        path = link.group(1) if link else None
+        if path:
+            assert "limit=2" in path and "since=1d" in path and "cursor=" in path
+    a_runs = {site.runs[k] for k in ("mini", "big", "big2", "denied", "agent")}
+    assert len(seen) == len(set(seen)) == 5 and set(seen) == a_runs
