@@ -190,8 +190,8 @@ def register_routes(register: RegisterRoute) -> None:
         (``member`` or ``admin``); the host is ``request.app.state.host``. Serve only the
         caller's workspace: answer 404 for another workspace's objects, never 403 (no
         existence oracle). ``auth=False`` is for public endpoints (webhooks that check
-        their own signature). A path already taken, by the gateway or another plugin,
-        is an error at start-up; an exception in the endpoint is a 500 with an
+        their own signature). A path already taken, by the gateway (the console's ``/ui``
+        paths included) or another plugin, is an error at start-up; an exception in the endpoint is a 500 with an
         OpenAI-style error body, never a traceback.
 
     Return value: ignored.
