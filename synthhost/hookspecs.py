@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from synthhost.call import Call, Recovery, Response
     from synthhost.host import Host
     from synthhost.registry import (
+        RegisterCheck,
         RegisterExporter,
         RegisterFlag,
         RegisterGate,
@@ -156,6 +157,25 @@ def register_health_checks(register: RegisterHealthCheck) -> None:
         ``(ok: bool, detail: str)``. A check that raises counts as failed.
 
     Return value: ignored.
+    """
+
+
+@hookspec
+def register_checks(register: RegisterCheck) -> None:
+    """Declare deployment checks run by ``synthhost check`` (the deployment checklist).
+
+    :param register: ``register(name, check, *, phase=0)``. ``check(host)`` returns (or
+        awaits to) a :class:`synthhost.checks.CheckResult`: build it with ``passed(detail)``,
+        ``failed(detail, fix)``, ``warned(detail, fix)`` or ``skipped(reason, fix)``
+        (optional and not configured here). ``phase`` is the rollout phase that needs the
+        item (``0``: the deployment itself; ``1``-``4``: the checklist's phases); ``synthhost
+        check --phase N`` runs phases ``0..N``. The host passes a started host (migrations,
+        plugins' ``startup`` done). Talk to the real service (an authenticated request, a
+        test event) and never put a secret's value in ``detail`` or ``fix``. A name taken
+        by another plugin is an error at start-up.
+
+    Error policy: a check that raises, or does not answer within 20 s, is reported as
+    failed with the exception's first line. Return value: ignored.
     """
 
 
