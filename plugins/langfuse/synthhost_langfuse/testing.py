@@ -203,6 +203,7 @@ class LangfuseReceiver:
             public, _, secret = base64.b64decode(auth.removeprefix("Basic ")).decode().partition(":")
         except ValueError:
             public = secret = ""
+        payload: dict[str, Any]
         if handler.path.split("?")[0] != "/api/public/projects":
             status, payload = 404, {"message": "Not found"}
         elif not (auth.startswith("Basic ") and public and secret) or (
