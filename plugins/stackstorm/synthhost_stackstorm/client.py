@@ -183,6 +183,17 @@ class St2Client:
             raise St2Error("invalid_response", f"{what}: not an action")
         return body
 
+    async def get_pack(self, ref: str) -> dict[str, Any]:
+        """``GET /packs/<ref>``: an installed pack (name, version...)."""
+        what = f"GET /packs/{ref}"
+        response = await self._request("GET", f"/packs/{ref}", what)
+        if response.status_code != 200:
+            raise http_error(response, what)
+        body = _json(response, what)
+        if not isinstance(body, dict):
+            raise St2Error("invalid_response", f"{what}: not a pack")
+        return body
+
     async def run(self, ref: str, parameters: dict[str, Any], *, context: dict[str, Any] | None = None,
                   timeout_s: float | None = None) -> Execution:
         """Start ``ref`` and poll until it finishes. Returns the succeeded execution;
