@@ -187,10 +187,11 @@ def register_retention(register: RegisterRetention) -> None:
         whose ``time_column`` is older than the table's retention are deleted in small
         batches (see :mod:`synthhost.retention`); ``only`` (``{column: value}``) limits
         pruning to rows that also match (the outbox prunes only ``delivered`` rows). The
-        table needs a single-column primary key. Retention is configured by the operator
-        (``SYNTHHOST_RETENTION_DAYS``, ``SYNTHHOST_RETENTION_<TABLE>_DAYS``); a table
-        without a configured retention is never pruned. A table registered by two
-        plugins is refused.
+        table needs a single-column primary key; with a ``workspace_id`` column it can
+        be kept for a different time per workspace. Retention is configured by the
+        operator (``synthhost retention set``, ``SYNTHHOST_RETENTION_DAYS``,
+        ``SYNTHHOST_RETENTION_<TABLE>_DAYS``); a table without a configured retention is
+        never pruned. A table registered by two plugins is refused.
 
     Return value: ignored.
     """
