@@ -203,7 +203,11 @@ def flags_phase_order(host: Host) -> CheckResult:
     declared = host.registry.flags
     phases = {p: [f for f in names if f in declared] for p, names in PHASE_FLAGS.items()}
     phases = {p: names for p, names in phases.items() if names}  # phases whose plugins are installed
-    scopes = sorted(_flag_scopes(host) | {"*"})
+    from synthhost.flags import FORCED
+
+    present = _flag_scopes(host)
+    forced = sorted(s.name for s in host.flags.state() if s.source == "forced")
+    scopes = sorted((present - {FORCED}) | {"*"})
     out_of_order = []
     for scope in scopes:
         resolved = host.flags.resolved(scope)
@@ -214,9 +218,12 @@ def flags_phase_order(host: Host) -> CheckResult:
                 label = "global" if scope == "*" else scope
                 out_of_order.append(f"{label}: phase {later} on, phase {', '.join(map(str, earlier_off))} off")
                 break
+    if forced:
+        out_of_order.insert(0, f"kill switch on for {', '.join(forced)} (every workspace)")
     if out_of_order:
         return warned("; ".join(out_of_order),
-                      "enable phases in order (docs/operations.md, Enable phases), or accept it knowingly")
+                      "enable phases in order (docs/operations.md, Enable phases); lift a kill switch with "
+                      "`synthhost flags unset FLAG --workspace '*'`")
     return passed(f"{len(scopes)} scopes follow the phase order")
 
 
