@@ -50,12 +50,14 @@ def test_unmigrated_database_fails_then_passes_after_upgrade(invoke: Any) -> Non
     assert checks["migrations"]["status"] == "fail" and checks["migrations"]["fix"] == "synthhost db upgrade"
     assert checks["tables"]["status"] == "fail" and "event_logs" in checks["tables"]["detail"]
     assert checks["outbox"]["status"] == "fail" and "schema not migrated" in checks["outbox"]["detail"]
+    assert checks["cron_backoff"]["status"] == "fail" and checks["cron_backoff"]["fix"] == "synthhost db upgrade"
     assert invoke("db", "upgrade").exit_code == 0
     after = invoke("check", "--json")
     assert after.exit_code == 0, after.output
     checks = items(after)
     assert json.loads(after.output)["ok"] is True
     assert checks["migrations"]["status"] == "pass"
+    assert checks["cron_backoff"]["detail"] == "cron_jobs readable: 0 jobs, 0 with failures"
     assert checks["tables"]["status"] == "pass" and "prompt_similarity_logs (similarity plugin)" in \
         checks["tables"]["detail"]
     assert checks["database"]["status"] in ("pass", "warn")  # SQLite is a warning, never a failure
@@ -140,6 +142,19 @@ def test_parked_outbox_and_full_spool_fail(invoke: Any, db_url: str, tmp_path: P
         conn.execute(OUTBOX.insert().values(event_id="ev1", exporter="langfuse", state="parked",
                                                    attempts=3, created_at=utcnow(), next_attempt_at=utcnow(),
                                             last_error="HTTP 400"))
+    engine.dispose()
+    stuck = items(invoke("check", "--json", SYNTHHOST_CHECK_OUTBOX_STUCK_S="0.001", **env))["outbox"]
+    assert stuck["status"] == "fail" and stuck["detail"].startswith("parked: langfuse 1")
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(OUTBOX.update().values(state="pending"))
+    engine.dispose()
+    stuck = items(invoke("check", "--json", SYNTHHOST_CHECK_OUTBOX_STUCK_S="0.001", **env))["outbox"]
+    assert stuck["status"] == "fail" and stuck["detail"].startswith("stuck: langfuse oldest")
+    assert items(invoke("check", "--json", **env))["outbox"]["status"] == "pass"  # young enough
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(OUTBOX.update().values(state="parked"))
     engine.dispose()
     parked = items(invoke("check", "--json", **env))["outbox"]
     assert parked["status"] == "fail" and parked["detail"] == "parked: langfuse 1"
