@@ -99,8 +99,15 @@ def tables(host: Host) -> CheckResult:
 
     present = set(sa.inspect(host.engine).get_table_names())
     expected = {t for t, plugin in CHECKLIST_TABLES.items() if plugin is None or plugin in host.plugins.info}
-    # Every table a loaded plugin's models or retention declare (the host's too).
-    expected |= set(host.registry.retention) | set(SQLModel.metadata.tables)
+    # Every table the host's and the loaded plugins' models define (other installed
+    # plugins' models may be imported in this process too: not theirs), and every
+    # table with a declared retention.
+    packages = {"synthhost"} | {info.module.split(".")[0] for info in host.plugins.info.values()}
+    for mapper in SQLModel._sa_registry.mappers:
+        table = getattr(mapper.class_, "__table__", None)
+        if table is not None and mapper.class_.__module__.split(".")[0] in packages:
+            expected.add(table.name)
+    expected |= set(host.registry.retention)
     missing = sorted(expected - present)
     if missing:
         return failed(f"missing: {', '.join(missing)}", "synthhost db upgrade")
