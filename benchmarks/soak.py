@@ -5,7 +5,8 @@ backlog. All should be flat after the warm-up; the last line compares the first
 sample after ``--warmup-min`` with the last one.
 
 Loopback only and bounded: a fresh PostgreSQL schema, a ``redis-server`` of its own,
-the Langfuse, RudderStack and st2api receivers of ``benchmarks/faults.py``. The host
+the Langfuse, RudderStack and st2api receivers in a process of their own (so RSS and
+file descriptors are the host's alone). The host
 loads every installed plugin (cost, similarity, policy, rate limits, guardrails,
 routing, Langfuse, RudderStack, StackStorm) with their flags on for five workspaces;
 calls vary in workspace, user and prompt, every 20th fails its first attempt (so
@@ -24,6 +25,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -31,9 +34,33 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from faults import PG_URL, RedisServer, RudderReceiver, Schema
+from faults import PG_URL, RedisServer, Schema
 
 WORKSPACES = [f"soak{i}" for i in range(5)]
+
+# The receivers run in a process of their own: their memory (and GIL) is not the host's.
+# They forget what arrived every few seconds, so that process stays small too.
+RECEIVERS = """
+import json, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from faults import RudderReceiver
+from synthhost_langfuse.testing import LangfuseReceiver
+from synthhost_stackstorm.testing import FakeSt2
+lf, rs, st2 = LangfuseReceiver(), RudderReceiver(), FakeSt2().start()
+def forget():
+    while True:
+        time.sleep(5)
+        with lf._lock:
+            lf.requests.clear()
+        rs.ids.clear()
+        with st2._lock:
+            st2.requests.clear()
+threading.Thread(target=forget, daemon=True).start()
+print(json.dumps({"LANGFUSE_BASE_URL": lf.url, **LangfuseReceiver.keys(), "RUDDERSTACK_WRITE_KEY": "soak-key",
+                  "RUDDERSTACK_DATA_PLANE_URL": f"http://127.0.0.1:{rs.port}", **st2.env(STACKSTORM_TIMEOUT="5")}),
+      flush=True)
+sys.stdin.read()
+"""
 
 
 def rss_mb() -> float:
@@ -64,20 +91,19 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     from synthhost import Host
     from synthhost.errors import SynthhostError
     from synthhost.settings import Settings
-    from synthhost_langfuse.testing import LangfuseReceiver
-    from synthhost_stackstorm.testing import FakeSt2
 
     work = Path(tempfile.mkdtemp(prefix="synthhost-soak-"))
     schema, redis_server = Schema(), RedisServer(work)
-    langfuse, rudder, st2 = LangfuseReceiver(), RudderReceiver(), FakeSt2().start()
+    receivers = subprocess.Popen([sys.executable, "-c", RECEIVERS, str(Path(__file__).resolve().parent)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert receivers.stdout is not None
+    services = json.loads(receivers.stdout.readline())
     app = f"synthhost-soak-{uuid.uuid4().hex[:8]}"
     env = {
         "DATABASE_URL": f"{schema.url(5432)}&application_name={app}",
         "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
         "SYNTHHOST_HOME": str(work / "home"), "SYNTHHOST_SPOOL_DIR": str(work / "spool"),
-        "LANGFUSE_BASE_URL": langfuse.url, **LangfuseReceiver.keys(),
-        "RUDDERSTACK_WRITE_KEY": "soak-key", "RUDDERSTACK_DATA_PLANE_URL": f"http://127.0.0.1:{rudder.port}",
-        **st2.env(STACKSTORM_TIMEOUT="5"),
+        **services,
     }
     samples: list[dict[str, Any]] = []
     failed = 0
@@ -114,9 +140,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     failed += 1
             samples.append(sample(host, app, redis_server.port, n, started))
     finally:
-        langfuse.close()
-        rudder.close()
-        st2.stop()
+        receivers.communicate(timeout=10)  # closing its stdin ends it
         redis_server.close()
         schema.drop()
         shutil.rmtree(work, ignore_errors=True)
