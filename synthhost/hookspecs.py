@@ -169,10 +169,12 @@ def register_checks(register: RegisterCheck) -> None:
         ``failed(detail, fix)``, ``warned(detail, fix)`` or ``skipped(reason, fix)``
         (optional and not configured here). ``phase`` is the rollout phase that needs the
         item (``0``: the deployment itself; ``1``-``4``: the checklist's phases); ``synthhost
-        check --phase N`` runs phases ``0..N``. The host passes a started host (migrations,
-        plugins' ``startup`` done). Talk to the real service (an authenticated request, a
-        test event) and never put a secret's value in ``detail`` or ``fix``. A name taken
-        by another plugin is an error at start-up.
+        check --phase N`` runs phases ``0..N``. ``host`` is built but not started (settings,
+        registry, engine; nothing migrated, no plugin's ``startup`` ran, no background
+        threads): a check looks and changes nothing, and closes what it opens. Talk to the
+        real service (an authenticated request, a test event) and never put a secret's
+        value in ``detail`` or ``fix``. A name taken by another plugin is an error at
+        start-up.
 
     Error policy: a check that raises, or does not answer within 20 s, is reported as
     failed with the exception's first line. Return value: ignored.
