@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import uuid
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,10 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     }
     samples: list[dict[str, Any]] = []
     failed = 0
+    baseline = None
+    top: list[str] = []
+    if args.tracemalloc:
+        tracemalloc.start(1)
     try:
         async with Host(Settings.from_env(env), load_entrypoints=True) as host:
             for ws in WORKSPACES:
@@ -121,6 +126,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             deadline = started + args.minutes * 60
             while time.monotonic() < deadline:
                 if time.monotonic() >= next_sample:
+                    if args.tracemalloc and baseline is None and time.monotonic() - started >= args.warmup_min * 60:
+                        baseline = tracemalloc.take_snapshot()
                     samples.append(sample(host, app, redis_server.port, n, started))
                     s = samples[-1]
                     if not args.json:
@@ -139,6 +146,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 except SynthhostError:
                     failed += 1
             samples.append(sample(host, app, redis_server.port, n, started))
+            if baseline is not None:
+                growth = tracemalloc.take_snapshot().compare_to(baseline, "lineno")
+                top = [f"{g.size_diff / 1e6:+.2f} MB {g.count_diff:+d} blocks {g.traceback}" for g in growth[:10]]
     finally:
         receivers.communicate(timeout=10)  # closing its stdin ends it
         redis_server.close()
@@ -149,7 +159,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     growth = {k: round(last[k] - first[k], 2) for k in ("rss_mb", "fds", "db_connections", "redis_mb",
                                                        "outbox_depth")}
     return {"minutes": args.minutes, "rate": args.rate, "calls": samples[-1]["calls"], "failed": failed,
-            "samples": samples, "growth_after_warmup": growth}
+            "samples": samples, "growth_after_warmup": growth, "allocations_grown": top}
 
 
 def main() -> None:
@@ -158,6 +168,8 @@ def main() -> None:
     parser.add_argument("--interval-s", type=float, default=60.0, help="seconds between samples")
     parser.add_argument("--warmup-min", type=float, default=2.0, help="minutes before the flatness baseline")
     parser.add_argument("--rate", type=float, default=50.0, help="calls per second")
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="also print the 10 allocation sites that grew most after the warm-up (slower)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -168,6 +180,8 @@ def main() -> None:
     print(f"{out['calls']} calls in {out['minutes']:g} min at {out['rate']:g}/s, {out['failed']} failed")
     print("growth from the first sample after warm-up to the last: "
           + ", ".join(f"{k} {v:+g}" for k, v in out["growth_after_warmup"].items()))
+    for line in out["allocations_grown"]:
+        print(f"  {line}")
 
 
 if __name__ == "__main__":

@@ -114,6 +114,18 @@ def test_environment_names_variables_and_never_prints_values(invoke: Any) -> Non
     assert "LANGFUSE_SECRET_KEY" in ok["environment"]["detail"]
 
 
+def test_retention_warns_while_tables_are_kept_forever(invoke: Any) -> None:
+    assert invoke("db", "upgrade").exit_code == 0
+    before = items(invoke("check", "--json"))["retention"]
+    assert before["status"] == "warn" and "event_logs" in before["detail"] and "retention set" in before["fix"]
+    assert invoke("retention", "set", "30", "--global").exit_code == 0
+    assert invoke("retention", "set", "forever", "--workspace", "acme").exit_code == 0
+    after = items(invoke("check", "--json"))["retention"]
+    assert after["status"] == "pass" and after["detail"].endswith("pruned after 30 days")
+    env_only = items(invoke("check", "--json", SYNTHHOST_RETENTION_DAYS="7"))["retention"]
+    assert env_only["status"] == "pass"  # the rows win: still 30
+
+
 def test_redis_skipped_passing_and_failing(invoke: Any, redis_url: str) -> None:
     assert invoke("db", "upgrade").exit_code == 0
     assert items(invoke("check", "--json"))["redis"]["status"] == "skip"

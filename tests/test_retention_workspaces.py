@@ -119,6 +119,25 @@ def test_retention_commands(invoke: Callable[..., Any], make_host: Callable[...,
     assert "removed" in invoke("retention", "unset", "-w", "acme", "-t", "model_cost_logs").output
 
 
+def test_the_worker_applies_the_rows(invoke: Callable[..., Any], make_host: Callable[..., Host],
+                                     tmp_path: Any, db_url: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    host = make_host(synthhost_cost)
+    host.migrate()
+    events(host, [("acme", 40), ("beta", 40), ("beta", 40)])
+    assert invoke("retention", "set", "30", "--global").exit_code == 0
+    assert invoke("retention", "set", "forever", "--workspace", "acme").exit_code == 0
+    env = {"DATABASE_URL": db_url, "SYNTHHOST_LOAD_PLUGINS": "cost", "SYNTHHOST_RETENTION_INTERVAL_S": "1",
+           "SYNTHHOST_HOME": str(tmp_path / "h"), "SYNTHHOST_SPOOL_DIR": str(tmp_path / "spool")}
+    proc = subprocess.run([sys.executable, "-m", "synthhost", "worker", "--until", "2"], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert left(host) == {"acme": 1}
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (("set", "soon", "--global"), "DAYS='soon': expected a number of days, or 'forever'"),
     (("set", "--global", "--", "-1"), "days must be between 0 and 100000"),

@@ -62,6 +62,7 @@ def register_checks(register: RegisterCheck) -> None:
     register("cron_backoff", cron_backoff)
     register("outbox", outbox)
     register("spool", spool)
+    register("retention", retention)
     register("flags_phase_order", flags_phase_order, phase=1)
 
 
@@ -190,6 +191,22 @@ def outbox(host: Host) -> CheckResult:
                       "is a worker running (SYNTHHOST_DELIVERY)? is the receiver up? see `synthhost queue stats`")
     waiting = sum(s["pending"] + s["retrying"] + s["in_flight"] for s in stats.values())
     return passed(f"{len(stats)} exporters, {waiting} waiting, nothing parked or older than {limit:g} s")
+
+
+@_needs_db
+def retention(host: Host) -> CheckResult:
+    from synthhost.retention import GLOBAL, load_policies, scopes
+
+    declared = host.registry.retention
+    applied = scopes(host.settings.env, declared, load_policies(host.engine))
+    forever = sorted(t for t in declared if not any(s.table == t and s.workspace == GLOBAL for s in applied))
+    if forever:
+        return warned(f"kept forever: {', '.join(forever)}",
+                      "synthhost retention set DAYS --global (and --table/--workspace for exceptions)")
+    days = sorted({f"{s.days:g}" for s in applied if s.workspace == GLOBAL}, key=float)
+    own = sorted({s.workspace for s in applied if s.workspace != GLOBAL})
+    note = f"; own retention: {', '.join(own)}" if own else ""
+    return passed(f"{len(declared)} tables pruned after {'/'.join(days)} days{note}")
 
 
 def spool(host: Host) -> CheckResult:
