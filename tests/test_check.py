@@ -173,6 +173,8 @@ def test_parked_outbox_and_full_spool_fail(invoke: Any, db_url: str, tmp_path: P
     stuck = items(invoke("check", "--json", SYNTHHOST_CHECK_OUTBOX_STUCK_S="0.001", **env))["outbox"]
     assert stuck["status"] == "fail" and stuck["detail"].startswith("stuck: langfuse oldest")
     assert items(invoke("check", "--json", **env))["outbox"]["status"] == "pass"  # young enough
+    bad = items(invoke("check", "--json", SYNTHHOST_CHECK_OUTBOX_STUCK_S="soon", **env))["outbox"]
+    assert bad["status"] == "fail" and "SYNTHHOST_CHECK_OUTBOX_STUCK_S" in bad["detail"]
     engine = sa.create_engine(db_url)
     with engine.begin() as conn:
         conn.execute(OUTBOX.update().values(state="parked"))

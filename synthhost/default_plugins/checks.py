@@ -179,7 +179,11 @@ def outbox(host: Host) -> CheckResult:
     stats = queue_stats(host.engine, list(host.registry.exporters))
     if not stats:
         return skipped("no exporter installed: nothing is queued")
-    limit = float(host.settings.env.get("SYNTHHOST_CHECK_OUTBOX_STUCK_S") or STUCK_AFTER_S)
+    raw = (host.settings.env.get("SYNTHHOST_CHECK_OUTBOX_STUCK_S") or "").strip()
+    try:
+        limit = float(raw) if raw else STUCK_AFTER_S
+    except ValueError:
+        return failed("SYNTHHOST_CHECK_OUTBOX_STUCK_S is not a number of seconds", "set it to seconds, e.g. 900")
     parked = {n: s["parked"] for n, s in stats.items() if s["parked"]}
     stuck = {n: s["oldest_pending_age_s"] for n, s in stats.items()
              if (s["oldest_pending_age_s"] or 0) > limit}
