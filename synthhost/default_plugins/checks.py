@@ -4,7 +4,9 @@ outbox and the spool. Plugins add theirs through the same hook."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -104,6 +106,10 @@ def tables(host: Host) -> CheckResult:
     # plugins' models may be imported in this process too: not theirs), and every
     # table with a declared retention.
     packages = {"synthhost"} | {info.module.split(".")[0] for info in host.plugins.info.values()}
+    for package in sorted(packages - {"synthhost"}):
+        # Plugins load their models lazily; by convention they live in ``<package>.models``.
+        with contextlib.suppress(ModuleNotFoundError):
+            importlib.import_module(f"{package}.models")
     for mapper in SQLModel._sa_registry.mappers:
         table = getattr(mapper.class_, "__table__", None)
         if table is not None and mapper.class_.__module__.split(".")[0] in packages:
