@@ -137,12 +137,6 @@ def scopes(env: Mapping[str, str], specs: Mapping[str, RetentionSpec], policies:
     return out
 
 
-def configured(env: Mapping[str, str], specs: Mapping[str, RetentionSpec],
-               policies: Policies | None = None) -> dict[str, float]:
-    """Declared tables with a retention for every workspace, and their days."""
-    return {s.table: s.days for s in scopes(env, specs, policies or {}) if s.workspace == GLOBAL}
-
-
 def prune(engine: sa.Engine, env: Mapping[str, str], specs: Mapping[str, RetentionSpec], *,
           batch: int = BATCH, dry_run: bool = False, policies: Policies | None = None) -> list[Pruned]:
     """Delete what is past its retention in every declared table (``dry_run``: count it)."""
