@@ -137,17 +137,20 @@ def scopes(env: Mapping[str, str], specs: Mapping[str, RetentionSpec], policies:
     return out
 
 
+def reflect(engine: sa.Engine, specs: Mapping[str, RetentionSpec]) -> dict[str, sa.Table]:
+    """The declared tables present in this database (a plugin's migrations may not have
+    run here), as they are."""
+    metadata = sa.MetaData()
+    existing = set(sa.inspect(engine).get_table_names())
+    return {name: sa.Table(name, metadata, autoload_with=engine) for name in specs if name in existing}
+
+
 def prune(engine: sa.Engine, env: Mapping[str, str], specs: Mapping[str, RetentionSpec], *,
           batch: int = BATCH, dry_run: bool = False, policies: Policies | None = None) -> list[Pruned]:
     """Delete what is past its retention in every declared table (``dry_run``: count it)."""
     if policies is None:
         policies = load_policies(engine)
-    metadata = sa.MetaData()
-    existing = set(sa.inspect(engine).get_table_names())
-    tables: dict[str, sa.Table] = {}
-    for name in specs:
-        if name in existing:  # else the plugin's migrations have not run here
-            tables[name] = sa.Table(name, metadata, autoload_with=engine)
+    tables = reflect(engine, specs)
     per_workspace = {name: "workspace_id" in t.c for name, t in tables.items()}
     out: list[Pruned] = []
     for scope in scopes(env, {n: s for n, s in specs.items() if n in tables}, policies, per_workspace):

@@ -117,6 +117,10 @@ def test_retention_commands(invoke: Callable[..., Any], make_host: Callable[...,
     assert {(p["table"], p["rows"]) for p in pruned if p["rows"]} == {("event_logs", 2)}
     assert load_policies(host.engine)[("acme", "model_cost_logs")] is None
     assert "removed" in invoke("retention", "unset", "-w", "acme", "-t", "model_cost_logs").output
+    assert invoke("retention", "set", "7", "-w", "acme").exit_code == 0
+    effective = json.loads(invoke("retention", "list", "--json").output)["effective"]
+    assert {"table": "event_logs", "workspace": "acme", "days": 7} in effective
+    assert not [e for e in effective if e["table"] == "outbox" and e["workspace"] == "acme"]  # no workspace column
 
 
 def test_the_worker_applies_the_rows(invoke: Callable[..., Any], make_host: Callable[..., Host],

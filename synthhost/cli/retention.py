@@ -58,11 +58,12 @@ def unset_command(workspace: str | None, is_global: bool, table: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def list_command(as_json: bool) -> None:
     """The rows, then what applies per table (every workspace, and each with a row)."""
-    from synthhost.retention import load_policies, scopes
+    from synthhost.retention import load_policies, reflect, scopes
 
     with cli_host() as host:
         policies = load_policies(host.engine)
-        applied = scopes(host.settings.env, host.registry.retention, policies)
+        per_workspace = {n: "workspace_id" in t.c for n, t in reflect(host.engine, host.registry.retention).items()}
+        applied = scopes(host.settings.env, host.registry.retention, policies, per_workspace)
         tables = sorted(host.registry.retention)
     rows = [{"workspace": w, "table": t, "days": d} for (w, t), d in sorted(policies.items())]
     effective = [{"table": s.table, "workspace": s.workspace, "days": s.days} for s in applied]
