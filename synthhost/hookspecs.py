@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from synthhost.call import Call, Recovery, Response
     from synthhost.host import Host
     from synthhost.registry import (
+        RegisterCheck,
         RegisterExporter,
         RegisterFlag,
         RegisterGate,
@@ -162,6 +163,27 @@ def register_health_checks(register: RegisterHealthCheck) -> None:
 
 
 @hookspec
+def register_checks(register: RegisterCheck) -> None:
+    """Declare deployment checks run by ``synthhost check`` (the deployment checklist).
+
+    :param register: ``register(name, check, *, phase=0)``. ``check(host)`` returns (or
+        awaits to) a :class:`synthhost.checks.CheckResult`: build it with ``passed(detail)``,
+        ``failed(detail, fix)``, ``warned(detail, fix)`` or ``skipped(reason, fix)``
+        (optional and not configured here). ``phase`` is the rollout phase that needs the
+        item (``0``: the deployment itself; ``1``-``4``: the checklist's phases); ``synthhost
+        check --phase N`` runs phases ``0..N``. ``host`` is built but not started (settings,
+        registry, engine; nothing migrated, no plugin's ``startup`` ran, no background
+        threads): a check looks and changes nothing, and closes what it opens. Talk to the
+        real service (an authenticated request, a test event) and never put a secret's
+        value in ``detail`` or ``fix``. A name taken by another plugin is an error at
+        start-up.
+
+    Error policy: a check that raises, or does not answer within 20 s, is reported as
+    failed with the exception's first line. Return value: ignored.
+    """
+
+
+@hookspec
 def register_retention(register: RegisterRetention) -> None:
     """Declare a table whose rows age out, for ``synthhost db prune`` and the worker.
 
@@ -169,10 +191,11 @@ def register_retention(register: RegisterRetention) -> None:
         whose ``time_column`` is older than the table's retention are deleted in small
         batches (see :mod:`synthhost.retention`); ``only`` (``{column: value}``) limits
         pruning to rows that also match (the outbox prunes only ``delivered`` rows). The
-        table needs a single-column primary key. Retention is configured by the operator
-        (``SYNTHHOST_RETENTION_DAYS``, ``SYNTHHOST_RETENTION_<TABLE>_DAYS``); a table
-        without a configured retention is never pruned. A table registered by two
-        plugins is refused.
+        table needs a single-column primary key; with a ``workspace_id`` column it can
+        be kept for a different time per workspace. Retention is configured by the
+        operator (``synthhost retention set``, ``SYNTHHOST_RETENTION_DAYS``,
+        ``SYNTHHOST_RETENTION_<TABLE>_DAYS``); a table without a configured retention is
+        never pruned. A table registered by two plugins is refused.
 
     Return value: ignored.
     """

@@ -183,6 +183,9 @@ class Host:
         for impl in hook.register_health_checks.get_hookimpls():
             p = impl.plugin_name
             declare("register_health_checks", impl, lambda name, check, _p=p: reg.add_health_check(_p, name, check))
+        for impl in hook.register_checks.get_hookimpls():
+            p = impl.plugin_name
+            declare("register_checks", impl, lambda name, check, _p=p, **kw: reg.add_check(_p, name, check, **kw))
         for impl in hook.register_retention.get_hookimpls():
             p = impl.plugin_name
             declare("register_retention", impl, lambda table, time_column="created_at", _p=p, **kw:

@@ -1,5 +1,5 @@
 """What registration hooks declare: flags, gates and stages, providers, exporters,
-migrations, health checks and HTTP routes. The host fills one :class:`Registry` at start-up."""
+migrations, health checks, deployment checks and HTTP routes. The host fills one :class:`Registry` at start-up."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from synthhost.call import Call, Request, Response
+    from synthhost.checks import CheckResult
     from synthhost.host import Host
     from synthhost.tools import Tool
 
@@ -108,6 +109,19 @@ class ExporterSpec:
 
 HealthCheck = Callable[["Host"], "tuple[bool, str] | Awaitable[tuple[bool, str]]"]
 
+# A ``synthhost check`` item: ``check(host)`` returns (or awaits to) a CheckResult.
+Check = Callable[["Host"], "CheckResult | Awaitable[CheckResult]"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSpec:
+    """A deployment check (see :mod:`synthhost.checks`)."""
+
+    name: str
+    check: Check
+    plugin: str
+    phase: int = 0
+
 
 @dataclass(frozen=True, slots=True)
 class RetentionSpec:
@@ -135,6 +149,10 @@ class RegisterMigrations(Protocol):
 
 class RegisterProvider(Protocol):
     def __call__(self, name: str, factory: ProviderFactory) -> None: ...
+
+
+class RegisterCheck(Protocol):
+    def __call__(self, name: str, check: Check, *, phase: int = 0) -> None: ...
 
 
 class RegisterRetention(Protocol):
@@ -189,6 +207,7 @@ class Registry:
     providers: dict[str, ProviderSpec] = field(default_factory=dict)
     exporters: dict[str, ExporterSpec] = field(default_factory=dict)
     health_checks: dict[str, tuple[str, HealthCheck]] = field(default_factory=dict)
+    checks: dict[str, CheckSpec] = field(default_factory=dict)
     retention: dict[str, RetentionSpec] = field(default_factory=dict)
     routes: dict[str, RouteSpec] = field(default_factory=dict)
     tools: dict[str, tuple[str, Tool]] = field(default_factory=dict)  # name -> (plugin, tool)
@@ -247,6 +266,15 @@ class Registry:
 
     def add_health_check(self, plugin: str, name: str, check: HealthCheck) -> None:
         self.health_checks[name] = (plugin, check)
+
+    def add_check(self, plugin: str, name: str, check: Check, *, phase: int = 0) -> None:
+        if name in self.checks:
+            raise RegistrationError(f"check {name!r} registered by {self.checks[name].plugin!r} and {plugin!r}")
+        if not callable(check):
+            raise RegistrationError(f"plugin {plugin!r}: check {name!r} is not callable")
+        if isinstance(phase, bool) or not isinstance(phase, int) or not 0 <= phase <= 4:
+            raise RegistrationError(f"plugin {plugin!r}: check {name!r}: phase {phase!r} is not 0-4")
+        self.checks[name] = CheckSpec(name, check, plugin, phase)
 
     def add_retention(self, plugin: str, table: str, time_column: str = "created_at",
                       only: Mapping[str, Any] | None = None) -> None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from synthhost.call import Call, Response
     from synthhost.host import Host
     from synthhost.registry import (
+        RegisterCheck,
         RegisterFlag,
         RegisterGate,
         RegisterHealthCheck,
@@ -86,6 +87,13 @@ def register_routes(register: RegisterRoute) -> None:
 @hookimpl
 def register_health_checks(register: RegisterHealthCheck) -> None:
     register("ratelimit", _health)
+
+
+@hookimpl
+def register_checks(register: RegisterCheck) -> None:
+    from synthhost_ratelimit.checks import scripts
+
+    register("ratelimit_scripts", scripts, phase=3)
 
 
 async def _health(host: Host) -> tuple[bool, str]:

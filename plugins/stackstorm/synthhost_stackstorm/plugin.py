@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     import click
 
     from synthhost.host import Host
-    from synthhost.registry import RegisterFlag, RegisterGate, RegisterHealthCheck
+    from synthhost.registry import RegisterCheck, RegisterFlag, RegisterGate, RegisterHealthCheck
     from synthhost_stackstorm.client import Execution, St2Client, St2Error
 
 log = logging.getLogger("synthhost.stackstorm")
@@ -125,6 +125,13 @@ def register_gate(register: RegisterGate) -> None:
 @hookimpl
 def register_health_checks(register: RegisterHealthCheck) -> None:
     register("stackstorm", health)
+
+
+@hookimpl
+def register_checks(register: RegisterCheck) -> None:
+    from synthhost_stackstorm.checks import service
+
+    register("stackstorm", service, phase=4)
 
 
 @hookimpl
