@@ -7,6 +7,9 @@ starting with ``echo_``; they are not sent anywhere):
 - ``echo_usage``: a dict of :class:`synthhost.Usage` fields to report instead of the
   estimate (cost tests use it for cached and reasoning tokens);
 - ``echo_latency_ms``: simulated latency (default ``SYNTHHOST_ECHO_LATENCY_MS`` or 0);
+- ``SYNTHHOST_ECHO_CALL_LOG``: a file to which each call appends one JSON line (run,
+  step, attempt, pid) as it starts; the durable-run tests read it to prove which steps
+  ran again after a worker was killed;
 - ``echo_fail``: failures to inject, by attempt: a list (``["rate_limit", "timeout"]``
   fails attempts 1 and 2) or a dict ``{"2": "server_error"}``. Kinds: ``rate_limit``
   (429, retryable, retry_after 0), ``timeout``, ``server_error`` (500), ``auth`` (401,
@@ -17,7 +20,9 @@ Token estimate: 4 characters a token, plus 4 tokens of framing per message.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -45,8 +50,9 @@ def estimate_tokens(text: str) -> int:
 class EchoProvider:
     name = "echo"
 
-    def __init__(self, latency_ms: float = 0.0) -> None:
+    def __init__(self, latency_ms: float = 0.0, call_log: str | None = None) -> None:
         self.latency_ms = latency_ms
+        self.call_log = call_log
         self.calls: deque[Request] = deque(maxlen=1000)
         self.call_count = 0
 
@@ -63,6 +69,10 @@ class EchoProvider:
         self.call_count += 1
         self.calls.append(Request(request.model, request.provider, list(request.messages),
                                   dict(params), request.region, dict(request.metadata)))
+        if self.call_log:
+            line = json.dumps({"run": call.run_id, "step": call.step, "attempt": call.attempt, "pid": os.getpid()})
+            with open(self.call_log, "a") as log:  # one short append: atomic on POSIX
+                log.write(line + "\n")
         latency = float(params.get("echo_latency_ms", self.latency_ms) or 0)
         if latency > 0:
             await anyio.sleep(latency / 1000)
@@ -89,4 +99,5 @@ class EchoProvider:
 
 
 def factory(host: Host) -> EchoProvider:
-    return EchoProvider(float(host.settings.env.get("SYNTHHOST_ECHO_LATENCY_MS", "0") or 0))
+    env = host.settings.env
+    return EchoProvider(float(env.get("SYNTHHOST_ECHO_LATENCY_MS", "0") or 0), env.get("SYNTHHOST_ECHO_CALL_LOG"))
