@@ -255,8 +255,15 @@ def _workflow() -> Any:
         spec = parse_agent(json.dumps(request["spec"]), request["source"])
         salt, run_id = request["salt"], request["run_id"]
 
+        async def step(run: RunState, name: str, body: Any) -> Any:
+            record = await scoped(salt, f"{run.run_id}:{name}", body)
+            # The step's rows (cost, events, spans) are durable before its checkpoint: a
+            # replayed step is not executed again, so nothing would write them later.
+            await host.wait_for_rows()
+            return record
+
         async def boundary(run: RunState, name: str, body: Any) -> Any:
-            return await DBOS.run_step_async({"name": name}, scoped, salt, f"{run.run_id}:{name}", body)
+            return await DBOS.run_step_async({"name": name}, step, run, name, body)
 
         async def run() -> Any:
             return await run_agent(host, spec, inputs=request["inputs"], workspace=request["workspace"],

@@ -24,6 +24,7 @@ import json
 import math
 import os
 from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -98,6 +99,9 @@ class EchoProvider:
                         latency_s=latency / 1000)
 
 
-def factory(host: Host) -> EchoProvider:
-    env = host.settings.env
+def from_env(env: Mapping[str, str]) -> EchoProvider:
     return EchoProvider(float(env.get("SYNTHHOST_ECHO_LATENCY_MS", "0") or 0), env.get("SYNTHHOST_ECHO_CALL_LOG"))
+
+
+def factory(host: Host) -> EchoProvider:
+    return from_env(host.settings.env)

@@ -1,0 +1,174 @@
+"""Durable runs on DBOS: real ``synthhost worker`` processes on a shared database,
+killed with SIGKILL, stopped with SIGTERM; the echo provider's call log shows which
+steps ran where."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import sqlalchemy as sa
+import synthhost_cost
+from synthhost_cost.models import COST_LOGS
+
+from synthhost import durable
+from synthhost.agent import parse_agent
+from synthhost.host import Host
+
+MODELS = """deployments:
+  - name: gpt
+    provider: echo
+    model: gpt-4o-mini
+    price_as: openai
+"""
+
+
+def agent(steps: int = 4, *, name: str = "four", workspace: str = "acme", latency_ms: int = 0) -> Any:
+    params = f"params: {{echo_latency_ms: {latency_ms}}}\n" if latency_ms else ""
+    lines = "".join(f"  - name: s{i}\n    prompt: \"step {i} of {{{{ topic }}}}\"\n" for i in range(1, steps + 1))
+    return parse_agent(f"name: {name}\nworkspace: {workspace}\nmodel: gpt-4o-mini\n{params}"
+                       f"inputs:\n  topic: {{default: cats}}\nsteps:\n{lines}retry: {{max_attempts: 1}}\n", name)
+
+
+class Workers:
+    """``synthhost worker`` subprocesses on the test's database."""
+
+    def __init__(self, env: dict[str, str], tmp: Path) -> None:
+        self.env = env
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, ready: bool = True) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"worker{len(self.procs)}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen([sys.executable, "-m", "synthhost", "worker", *args], env=self.env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.procs.append(proc)
+        if ready:
+            self.wait_ready(len(self.procs) - 1)
+        return proc
+
+    def output(self, index: int) -> str:
+        return (self.tmp / f"worker{index}.log").read_text(errors="replace")
+
+    def wait_ready(self, index: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while "durable runs from" not in self.output(index):
+            assert self.procs[index].poll() is None, self.output(index)
+            assert time.monotonic() < deadline, self.output(index)
+            time.sleep(0.05)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(30)
+
+
+@pytest.fixture
+def env(db_url: str, tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "synthhost.yaml").write_text(MODELS)
+    return {
+        **os.environ, "DATABASE_URL": db_url, "SYNTHHOST_HOME": str(tmp_path / "home"),
+        "SYNTHHOST_CONFIG": str(tmp_path / "synthhost.yaml"), "SYNTHHOST_LOAD_PLUGINS": "cost",
+        "SYNTHHOST_ECHO_CALL_LOG": str(tmp_path / "calls.jsonl"), "SYNTHHOST_FLAG_REFRESH_S": "0.2",
+        "SYNTHHOST_WORKER_HEARTBEAT_S": "0.2", "SYNTHHOST_WORKER_TTL_S": "1.5", "SYNTHHOST_QUEUE_POLL_S": "0.05",
+        "SYNTHHOST_COST_PRICE_REFRESH_S": "0",
+    }
+
+
+@pytest.fixture
+def workers(env: dict[str, str], tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(env, tmp_path)
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture
+def host(env: dict[str, str], make_host: Callable[..., Host]) -> Iterator[Host]:
+    """A started host (cost plugin on for ``acme``) that enqueues and reads results."""
+    h = make_host(synthhost_cost, env={k: v for k, v in env.items() if k != "SYNTHHOST_ECHO_CALL_LOG"})
+    anyio.run(h.start)
+    h.flags.set("track_model_costs", True, workspace="acme")
+    yield h
+    anyio.run(h.stop)
+
+
+def calls(env: dict[str, str]) -> list[dict[str, Any]]:
+    path = Path(env["SYNTHHOST_ECHO_CALL_LOG"])
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def finished(host: Host, run_id: str) -> dict[str, Any] | None:
+    row = durable.run_status(host, run_id)
+    return row if row is not None and row["status"] in durable.FINISHED else None
+
+
+def test_killed_worker_run_resumes_on_another_without_repeating_steps(host, workers, env):
+    """kill -9 a worker during step 3 of a 4-step run: another worker takes the run over
+    after the TTL and executes steps 3 and 4 only; the run's cost is its four steps' sum."""
+    first = workers.start("--concurrency", "1")
+    run_id = durable.enqueue(host, agent(latency_ms=400), inputs={})
+    wait_for(lambda: any(c["step"] == "s3" for c in calls(env)), what="step 3 to start")
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    workers.start("--concurrency", "1")
+    row = wait_for(lambda: finished(host, run_id), what="the run to finish")
+    assert row["status"] == "ok", row
+    log = calls(env)
+    per_step = Counter(c["step"] for c in log)
+    assert per_step["s1"] == per_step["s2"] == 1, log  # completed steps are not executed again
+    assert per_step["s4"] == 1
+    assert {c["pid"] for c in log if c["step"] in ("s1", "s2")} == {first.pid}
+    assert {c["pid"] for c in log if c["step"] == "s4"} == {workers.procs[1].pid}
+    assert log[-2]["step"] == "s3" and log[-2]["pid"] == workers.procs[1].pid
+    anyio.run(host.writer.flush)
+    with host.engine.connect() as conn:
+        costs = conn.execute(sa.select(COST_LOGS.c.step, COST_LOGS.c.total_cost)
+                             .where(COST_LOGS.c.run_id == run_id)).all()
+    assert sorted(step for step, _ in costs) == ["s1", "s2", "s3", "s4"]  # one row per step, none twice
+    total = sum((Decimal(str(c)) for _, c in costs), Decimal(0))
+    assert total > 0
+    assert Decimal(row["attributes"]["cost_usd"]) == total
+    assert row["output"].startswith("echo: step 4 of cats")
+
+
+def test_cancelled_run_stops_at_the_next_step_boundary(host, workers, env):
+    workers.start()
+    run_id = durable.enqueue(host, agent(latency_ms=300), inputs={})
+    wait_for(lambda: any(c["step"] == "s2" for c in calls(env)), what="step 2 to start")
+    assert durable.cancel(host, run_id) in ("running", "cancelled")
+    row = wait_for(lambda: finished(host, run_id), what="the run to stop")
+    assert row["status"] == "cancelled"
+    time.sleep(0.5)
+    assert {c["step"] for c in calls(env)} == {"s1", "s2"}  # step 3 never started
+
+
+def test_cancelled_queued_run_never_starts(host, env):
+    run_id = durable.enqueue(host, agent(), inputs={})  # no worker: it waits on the queue
+    assert durable.run_status(host, run_id)["status"] == "queued"  # type: ignore[index]
+    assert durable.cancel(host, run_id) == "cancelled"
+    assert durable.cancel(host, run_id) == "cancelled"  # idempotent
