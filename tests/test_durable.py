@@ -19,12 +19,12 @@ from typing import Any
 import anyio
 import pytest
 import sqlalchemy as sa
-import synthhost_cost
-from synthhost_cost.models import COST_LOGS
 
+import synthhost_cost
 from synthhost import durable
 from synthhost.agent import parse_agent
 from synthhost.host import Host
+from synthhost_cost.models import COST_LOGS
 
 MODELS = """deployments:
   - name: gpt
