@@ -25,7 +25,6 @@ version's workers start beside the old ones, which drain what they hold and stop
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -52,6 +51,7 @@ if TYPE_CHECKING:
     from synthhost.agent import AgentSpec
     from synthhost.host import Host
     from synthhost.runner import RunState
+    from synthhost.trace import RunResult
 
 log = logging.getLogger("synthhost.durable")
 
@@ -139,12 +139,30 @@ def run_id_for(key: str) -> str:
 # -- enqueueing (any process) -------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8)
+_clients: dict[tuple[str, str], DBOSClient] = {}
+_clients_lock = threading.Lock()
+
+
 def _client(system_url: str, schema: str) -> DBOSClient:
+    """One DBOS client per system database in this process (closed by :func:`close_clients`)."""
     from dbos import DBOS, DBOSClient
 
-    DBOS.migrate(system_url, schema=schema)  # a worker may not have created it yet
-    return DBOSClient(system_database_url=system_url, dbos_system_schema=schema, application_name=APP_NAME)
+    with _clients_lock:
+        client = _clients.get((system_url, schema))
+        if client is None:
+            DBOS.migrate(system_url, schema=schema)  # a worker may not have created it yet
+            client = _clients[(system_url, schema)] = DBOSClient(
+                system_database_url=system_url, dbos_system_schema=schema, application_name=APP_NAME)
+        return client
+
+
+def close_clients() -> None:
+    """Close this process's DBOS clients (a host's stop; a later enqueue opens one again)."""
+    with _clients_lock:
+        clients = list(_clients.values())
+        _clients.clear()
+    for client in clients:
+        client.destroy()
 
 
 def client_for(host: Host) -> DBOSClient:
@@ -209,6 +227,41 @@ def run_status(host: Host, run_id: str) -> dict[str, Any] | None:
     with host.engine.connect() as conn:
         row = conn.execute(sa.select(RUNS).where(RUNS.c.id == run_id)).mappings().first()
     return dict(row) if row is not None else None
+
+
+def result_of(host: Host, row: Mapping[str, Any]) -> RunResult:
+    """A finished run's :class:`RunResult` from its rows (run and step spans)."""
+    from synthhost.storage.models import Span
+    from synthhost.trace import RunResult, StepResult
+
+    spans = Span.__table__  # type: ignore[attr-defined]
+    with host.engine.connect() as conn:
+        steps = conn.execute(sa.select(spans).where(spans.c.run_id == row["id"], spans.c.kind == "step")
+                             .order_by(spans.c.started_at)).mappings().all()
+    attributes = row["attributes"] or {}
+    started, ended = row["started_at"], row["ended_at"]
+    result = RunResult(
+        row["id"], row["trace_id"], row["workspace_id"], row["agent"] or row["name"], row["status"],
+        output=row["output"], error_code=row["error_code"], error_message=row["error_message"],
+        cost_usd=attributes.get("cost_usd"),
+        duration_ms=(ended - started).total_seconds() * 1000 if started and ended else 0.0,
+    )
+    for span in steps:
+        attrs = span["attributes"] or {}
+        result.steps.append(StepResult(span["name"], span["status"], attrs.get("output"), attrs.get("model"),
+                                       span["error_code"], span["error_message"], span["id"]))
+    return result
+
+
+async def wait(host: Host, run_id: str, poll_s: float = 0.1) -> RunResult:
+    """Wait until a durable run has finished (on whichever worker) and return it."""
+    import anyio
+
+    while True:
+        row = await anyio.to_thread.run_sync(run_status, host, run_id)
+        if row is not None and row["status"] in FINISHED:
+            return await anyio.to_thread.run_sync(result_of, host, row)
+        await anyio.sleep(poll_s)
 
 
 def queue_stats(host: Host) -> dict[str, dict[str, Any]]:

@@ -172,3 +172,95 @@ def test_cancelled_queued_run_never_starts(host, env):
     assert durable.run_status(host, run_id)["status"] == "queued"  # type: ignore[index]
     assert durable.cancel(host, run_id) == "cancelled"
     assert durable.cancel(host, run_id) == "cancelled"  # idempotent
+
+
+def test_a_step_executed_twice_writes_its_rows_once(host):
+    """What makes a re-executed step harmless: inside a step scope its spans, events and
+    cost rows get the same ids the second time, and the writer keeps the first."""
+    from synthhost.runner import RunState, make_call, traced_call
+    from synthhost.steps import scoped
+
+    run = RunState(host, "r" * 32, "t" * 32, "acme", "n", "four", None, None, {})
+
+    async def body() -> str:
+        call = make_call(host, model="gpt-4o-mini", messages="hi", workspace="acme", params={}, user=None,
+                         org=None, agent="four", metadata=None, max_attempts=1, run=run, step="s1")
+        host.emit("step_note", call=call)
+        return (await traced_call(host, call, run)).text
+
+    def counts() -> dict[str, int]:
+        anyio.run(host.writer.flush)
+        with host.engine.connect() as conn:
+            return {t: conn.execute(sa.text(f"SELECT count(*) FROM {t} WHERE run_id = :r"), {"r": run.run_id}).scalar()
+                    for t in ("spans", "event_logs", "model_cost_logs")}
+
+    anyio.run(lambda: scoped("salt", f"{run.run_id}:1:s1", body))
+    once = counts()
+    assert once["spans"] == once["model_cost_logs"] == 1 and once["event_logs"] >= 1
+    anyio.run(lambda: scoped("salt", f"{run.run_id}:1:s1", body))
+    assert counts() == once  # executed again: nothing more
+    a, b = run.spans
+    assert a.span_id == b.span_id  # the same id both times
+    other = RunState(host, "o" * 32, "t" * 32, "acme", "n", "four", None, None, {})
+    run = other
+    anyio.run(lambda: scoped("another salt", f"{other.run_id}:1:s1", body))
+    assert other.spans[0].span_id != a.span_id  # another run's salt: other ids
+
+
+def test_three_workers_run_300_runs_exactly_once(host, workers, env):
+    for _ in range(3):
+        workers.start("--concurrency", "8", ready=False)
+    for i in range(3):
+        workers.wait_ready(i)
+    spec = agent(1, name="one")
+    ids = [durable.enqueue(host, spec, inputs={"topic": str(n)}) for n in range(300)]
+    wait_for(lambda: all(finished(host, r) for r in ids[-20:]), timeout=120, what="the last runs")
+    wait_for(lambda: all(finished(host, r) for r in ids), timeout=60, what="every run")
+    with host.engine.connect() as conn:
+        statuses = Counter(conn.execute(sa.select(durable.RUNS.c.status).where(durable.RUNS.c.id.in_(ids))).scalars())
+    assert statuses == {"ok": 300}
+    log = calls(env)
+    assert Counter(c["run"] for c in log) == dict.fromkeys(ids, 1)  # none lost, none executed twice
+    assert len({c["pid"] for c in log}) == 3  # spread over the three workers
+
+
+def test_per_workspace_limit_holds_while_other_workspaces_proceed(host, workers, env):
+    workers.env = {**env, "SYNTHHOST_WORKSPACE_CONCURRENCY": "2"}
+    workers.start("--concurrency", "10")
+    acme = [durable.enqueue(host, agent(1, name="a", workspace="acme", latency_ms=300), inputs={}) for _ in range(6)]
+    other = [durable.enqueue(host, agent(1, name="b", workspace="other", latency_ms=300), inputs={})
+             for _ in range(4)]
+    wait_for(lambda: all(finished(host, r) for r in acme + other), what="every run")
+    log = calls(env)
+
+    def most_at_once(runs: list[str]) -> int:
+        starts = sorted(c["t"] for c in log if c["run"] in runs)
+        return max(sum(1 for s in starts if t <= s < t + 0.3) for t in starts)
+
+    assert most_at_once(acme) == 2
+    assert most_at_once(other) == 2  # the limit is each workspace's
+    assert most_at_once(acme + other) == 4  # other proceeds while acme is at its limit
+
+
+def test_three_schedulers_enqueue_one_run_per_tick(host, workers, env, tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "tick.yaml").write_text("name: tick\nworkspace: acme\nmodel: gpt-4o-mini\nschedule: \"* * * * * *\"\n"
+                                    "steps:\n  - name: go\n    prompt: hello\n")
+    for _ in range(3):
+        workers.start("--schedule", str(jobs), ready=False)
+    for i in range(3):
+        workers.wait_ready(i)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    ticks = [start + timedelta(seconds=n) for n in range(5)]
+    ids = {durable.run_id_for(f"cron:acme/tick:{t.isoformat()}"): t for t in ticks}
+    wait_for(lambda: all(finished(host, r) for r in ids), what="five ticks' runs")
+    with host.engine.connect() as conn:
+        runs = conn.execute(sa.select(durable.RUNS.c.id).where(durable.RUNS.c.agent == "tick")).scalars().all()
+    later = {durable.run_id_for(f"cron:acme/tick:{(start + timedelta(seconds=n)).isoformat()}")
+             for n in range(-30, 60)}
+    assert set(runs) <= later  # every run is one tick's (a run under any other id would be a duplicate)
+    log = [c for c in calls(env) if c["run"] in ids]
+    assert Counter(c["run"] for c in log) == dict.fromkeys(ids, 1)  # 5 ticks: exactly 5 runs, each once

@@ -81,7 +81,7 @@ def worker_command(schedule_paths: tuple[Path, ...], workspace: str | None, unti
 
                         for job in jobs:
                             check_providers(job.spec, host.registry.providers, job.spec.source)
-                        scheduler = Scheduler(host, jobs)
+                        scheduler = Scheduler(host, jobs, durable=runner is not None)
                         await scheduler.prepare()
                         await scheduler.serve(until=until)
                     elif until is not None:

@@ -8,7 +8,7 @@ starting with ``echo_``; they are not sent anywhere):
   estimate (cost tests use it for cached and reasoning tokens);
 - ``echo_latency_ms``: simulated latency (default ``SYNTHHOST_ECHO_LATENCY_MS`` or 0);
 - ``SYNTHHOST_ECHO_CALL_LOG``: a file to which each call appends one JSON line (run,
-  step, attempt, pid) as it starts; the durable-run tests read it to prove which steps
+  step, attempt, pid, time) as it starts; the durable-run tests read it to prove which steps
   ran again after a worker was killed;
 - ``echo_fail``: failures to inject, by attempt: a list (``["rate_limit", "timeout"]``
   fails attempts 1 and 2) or a dict ``{"2": "server_error"}``. Kinds: ``rate_limit``
@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -71,7 +72,8 @@ class EchoProvider:
         self.calls.append(Request(request.model, request.provider, list(request.messages),
                                   dict(params), request.region, dict(request.metadata)))
         if self.call_log:
-            line = json.dumps({"run": call.run_id, "step": call.step, "attempt": call.attempt, "pid": os.getpid()})
+            line = json.dumps({"run": call.run_id, "step": call.step, "attempt": call.attempt, "pid": os.getpid(),
+                               "t": time.time()})
             with open(self.call_log, "a") as log:  # one short append: atomic on POSIX
                 log.write(line + "\n")
         latency = float(params.get("echo_latency_ms", self.latency_ms) or 0)
