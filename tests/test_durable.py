@@ -264,3 +264,45 @@ def test_three_schedulers_enqueue_one_run_per_tick(host, workers, env, tmp_path)
     assert set(runs) <= later  # every run is one tick's (a run under any other id would be a duplicate)
     log = [c for c in calls(env) if c["run"] in ids]
     assert Counter(c["run"] for c in log) == dict.fromkeys(ids, 1)  # 5 ticks: exactly 5 runs, each once
+
+
+def cli(env: dict[str, str], *args: str) -> Any:
+    from click.testing import CliRunner
+
+    from synthhost.cli import cli as root
+
+    return CliRunner().invoke(root, list(args), env=env)
+
+
+def test_cli_run_durable_wait_queue_stats_and_cancel(host, workers, env, tmp_path):
+    path = tmp_path / "four.yaml"
+    path.write_text("name: four\nworkspace: acme\nmodel: gpt-4o-mini\nsteps:\n  - name: a\n    prompt: hi\n"
+                    "  - name: b\n    prompt: \"{{ a }} again\"\n")
+    queued = cli(env, "run", "--durable", str(path))  # no worker yet: it waits on the queue
+    assert queued.exit_code == 0, queued.output
+    run_id = queued.stdout.strip()
+    assert len(run_id) == 32
+    stats = cli(env, "queue", "stats", "--durable", "--json")
+    assert stats.exit_code == 0, stats.output
+    assert json.loads(stats.stdout)["queues"]["synthhost-runs"]["queued"] == 1
+    cancelled = cli(env, "queue", "cancel", run_id)
+    assert cancelled.exit_code == 0 and cancelled.stdout.strip() == f"run {run_id}: cancelled"
+
+    workers.start()
+    done = cli(env, "run", "--durable", "--wait", "--json", str(path))
+    assert done.exit_code == 0, done.output
+    record = json.loads(done.stdout)
+    assert record["status"] == "ok" and record["output"] == "echo: echo: hi again"
+    assert [s["name"] for s in record["steps"]] == ["a", "b"]
+    assert durable.run_status(host, run_id)["status"] == "cancelled"  # type: ignore[index]
+
+
+def test_cli_durable_bad_input_is_one_line_exit_2(env, tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text("name: a\nmodel: echo/x\nsteps:\n  - name: a\n    prompt: hi\n")
+    for args, needle in [(("run", "--wait", str(path)), "--wait"), (("queue", "cancel", "f" * 32), "no run"),
+                         (("worker", "--queues", ","), "--queues")]:
+        result = cli(env, *args)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], result.output
