@@ -215,12 +215,24 @@ def cancel(host: Host, run_id: str) -> str:
         raise UsageError(f"no run {run_id!r}")
     if status in FINISHED:
         return str(status)
+    if not is_durable(client, run_id):
+        raise UsageError(f"run {run_id!r} is not a durable run (an in-process run stops with its process)")
     client.cancel_workflow(run_id)
     with host.engine.begin() as conn:  # a queued run has no worker to record it
         conn.execute(RUNS.update().where(RUNS.c.id == run_id, RUNS.c.status == "queued")
                      .values(status="cancelled", ended_at=datetime.now(UTC), error_code="CANCELLED",
                              error_message="run cancelled"))
         return str(conn.execute(sa.select(RUNS.c.status).where(RUNS.c.id == run_id)).scalar())
+
+
+def is_durable(client: DBOSClient, run_id: str) -> bool:
+    from dbos._error import DBOSNonExistentWorkflowError
+
+    try:
+        client.retrieve_workflow(run_id).get_status()
+    except DBOSNonExistentWorkflowError:
+        return False
+    return True
 
 
 def run_status(host: Host, run_id: str) -> dict[str, Any] | None:

@@ -306,3 +306,34 @@ def test_cli_durable_bad_input_is_one_line_exit_2(env, tmp_path):
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], result.output
+
+
+def test_runs_api_enqueues_waits_for_and_cancels_durable_runs(env, workers, make_host):
+    import httpx
+
+    from synthhost.gateway.keys import create_key
+    from tests.gateway_server import serving
+
+    server_host = make_host(synthhost_cost, env=env)
+    spec = {"name": "api", "model": "gpt-4o-mini", "steps": [{"name": "s", "prompt": "hi {{ who }}"}],
+            "inputs": {"who": {"default": "x"}}}
+    with serving(server_host) as url:
+        key, _ = create_key(server_host.engine, "acme")
+        auth = {"Authorization": f"Bearer {key}"}
+        queued = httpx.post(url + "/v1/runs", headers=auth, json={"spec": spec, "durable": True}, timeout=30)
+        assert queued.status_code == 202, queued.text
+        run_id = queued.json()["id"]
+        assert httpx.get(url + f"/v1/runs/{run_id}", headers=auth).json()["status"] == "queued"
+        cancelled = httpx.post(url + f"/v1/runs/{run_id}/cancel", headers=auth, timeout=30)
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
+        again = httpx.post(url + f"/v1/runs/{run_id}/cancel", headers=auth, timeout=30)
+        assert again.status_code == 409
+        assert httpx.post(url + "/v1/runs", headers=auth, json={"spec": spec, "durable": "yes"}).status_code == 400
+
+        workers.start()
+        done = httpx.post(url + "/v1/runs", headers=auth, timeout=60,
+                          json={"spec": spec, "durable": True, "wait": True, "inputs": {"who": "Ada"}})
+        assert done.status_code == 200, done.text
+        record = done.json()
+        assert record["status"] == "ok" and record["output"] == "echo: hi Ada" and record["workspace"] == "acme"
+        assert [c["pid"] for c in calls(env) if c["run"] == record["id"]] == [workers.procs[0].pid]
