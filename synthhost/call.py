@@ -52,6 +52,11 @@ class IdScope:
 
     __slots__ = ("n", "seed")
 
+    # Set by a worker abandoning the durable runs it holds at shutdown: whatever their
+    # interrupted steps would still write is dropped (the runs resume on another worker,
+    # exactly as after a crash; see synthhost.durable.Worker.stop).
+    abandoned = False
+
     def __init__(self, salt: str, step: str) -> None:
         self.seed = f"{salt}:{step}:"
         self.n = 0

@@ -304,6 +304,7 @@ def live_workers(host: Host) -> list[dict[str, Any]]:
 # -- executing (synthhost worker) ---------------------------------------------------------
 
 _worker_host: Host | None = None
+_active: set[str] = set()  # runs executing in this process
 
 
 def _workflow() -> Any:
@@ -334,7 +335,11 @@ def _workflow() -> Any:
             return await run_agent(host, spec, inputs=request["inputs"], workspace=request["workspace"],
                                    user=request["user"], org=request["org"], run_id=run_id, boundary=boundary)
 
-        result = await scoped(salt, f"{run_id}:run", run)
+        _active.add(run_id)
+        try:
+            result = await scoped(salt, f"{run_id}:run", run)
+        finally:
+            _active.discard(run_id)
         return {"run_id": result.run_id, "status": result.status, "output": result.output}
 
     return durable_run
@@ -392,16 +397,38 @@ class Worker:
         self._thread.start()
 
     def stop(self, timeout: float) -> None:
-        """Stop dequeuing, give runs in flight ``timeout`` seconds, then hand what is
-        left to the other workers (heartbeat row marked silent)."""
+        """Stop taking runs, give the runs in flight ``timeout`` seconds, then abandon
+        the rest as a crash would (nothing more written for them) and mark this
+        worker's heartbeat silent: the next heartbeat of another worker puts them back
+        on the queue, without waiting for the TTL."""
         global _worker_host
         from dbos import DBOS
+        from dbos import _dbos as dbos_internals
+
+        from synthhost.call import IdScope
 
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        instance = dbos_internals._dbos_global_instance
         try:
-            DBOS.destroy(workflow_completion_timeout_sec=max(0, int(timeout)))
+            # What DBOS.destroy does first (dequeuing stops), without its cancelling of the
+            # runs in flight at the end of the wait: those must stop without writing.
+            for event in getattr(instance, "background_thread_stop_events", []):
+                event.set()
+            deadline = time.monotonic() + timeout
+            active = getattr(instance, "_active_workflows_set", None)  # until DBOS has recorded them done
+
+            def busy() -> bool:
+                return bool(_active) or (active is not None and bool(active.activeList()))
+
+            while busy() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _active:
+                log.warning("worker stopping: %d run(s) unfinished after %gs, handed to other workers",
+                            len(_active), timeout)
+                IdScope.abandoned = True
+            DBOS.destroy()
         finally:
             with self.host.engine.begin() as conn:
                 conn.execute(WORKERS.update().where(WORKERS.c.executor_id == self.executor_id)

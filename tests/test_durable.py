@@ -337,3 +337,63 @@ def test_runs_api_enqueues_waits_for_and_cancels_durable_runs(env, workers, make
         record = done.json()
         assert record["status"] == "ok" and record["output"] == "echo: hi Ada" and record["workspace"] == "acme"
         assert [c["pid"] for c in calls(env) if c["run"] == record["id"]] == [workers.procs[0].pid]
+
+
+def test_sigterm_drains_the_run_in_flight(host, workers, env):
+    workers.env = {**env, "SYNTHHOST_SHUTDOWN_TIMEOUT": "20"}
+    worker = workers.start()
+    run_id = durable.enqueue(host, agent(latency_ms=300), inputs={})
+    wait_for(lambda: any(c["step"] == "s2" for c in calls(env)), what="step 2 to start")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, workers.output(0)
+    row = finished(host, run_id)
+    assert row is not None and row["status"] == "ok"  # finished before the worker exited
+    assert [c["step"] for c in calls(env)] == ["s1", "s2", "s3", "s4"]
+
+
+def test_sigterm_past_the_timeout_hands_the_run_to_another_worker_at_once(host, workers, env):
+    """The stopping worker writes nothing more for the run it abandons and marks itself
+    silent: another worker resumes the run at its next heartbeat (the TTL is 60 s here)."""
+    workers.env = {**env, "SYNTHHOST_SHUTDOWN_TIMEOUT": "0.2", "SYNTHHOST_WORKER_TTL_S": "60"}
+    first = workers.start()
+    run_id = durable.enqueue(host, agent(latency_ms=600), inputs={})
+    wait_for(lambda: any(c["step"] == "s2" for c in calls(env)), what="step 2 to start")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(30) == 0, workers.output(0)
+    assert durable.run_status(host, run_id)["status"] == "running"  # type: ignore[index]  # not "cancelled"
+    workers.start()
+    row = wait_for(lambda: finished(host, run_id), timeout=30, what="the run to finish")
+    assert row["status"] == "ok"
+    assert [(c["step"], c["pid"] == first.pid) for c in calls(env)] == [
+        ("s1", True), ("s2", True), ("s2", False), ("s3", False), ("s4", False)]
+    with host.engine.connect() as conn:
+        spans = Counter(conn.execute(sa.text("SELECT status FROM spans WHERE run_id = :r"), {"r": run_id}).scalars())
+        costs = conn.execute(sa.select(COST_LOGS.c.step).where(COST_LOGS.c.run_id == run_id)).scalars().all()
+    assert spans == {"ok": 9}  # run, 4 steps, 4 calls: no trace of the abandoned attempt
+    assert sorted(costs) == ["s1", "s2", "s3", "s4"]
+
+
+def test_workers_execute_only_runs_of_their_version(env, workers, make_host):
+    """A rolling upgrade: runs carry the version that enqueued them; the old version's
+    worker drains the old runs, the new one takes only new runs."""
+    hosts = {v: make_host(synthhost_cost, env={**env, "SYNTHHOST_APP_VERSION": v}) for v in ("1.0", "2.0")}
+    for h in hosts.values():
+        anyio.run(h.start)
+    try:
+        old = durable.enqueue(hosts["1.0"], agent(1, name="old"), inputs={})
+        new = durable.enqueue(hosts["2.0"], agent(1, name="new"), inputs={})
+        workers.env = {**env, "SYNTHHOST_APP_VERSION": "2.0"}
+        upgraded = workers.start()
+        wait_for(lambda: finished(hosts["2.0"], new), what="the new version's run")
+        time.sleep(0.5)
+        assert durable.run_status(hosts["1.0"], old)["status"] == "queued"  # type: ignore[index]
+        workers.env = {**env, "SYNTHHOST_APP_VERSION": "1.0"}
+        draining = workers.start()
+        wait_for(lambda: finished(hosts["1.0"], old), what="the old version's run")
+        draining.send_signal(signal.SIGTERM)
+        assert draining.wait(30) == 0
+        pids = {c["run"]: c["pid"] for c in calls(env)}
+        assert pids == {new: upgraded.pid, old: draining.pid}
+    finally:
+        for h in hosts.values():
+            anyio.run(h.stop)

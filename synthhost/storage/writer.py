@@ -95,8 +95,12 @@ class BatchedWriter:
     def submit_values(
         self, table: sa.Table, values: dict[str, Any], *, upsert_on: tuple[str, ...] | None = None
     ) -> None:
-        if upsert_on is None and ID_SCOPE.get() is not None:
-            upsert_on = _keep_first(table, values)
+        scope = ID_SCOPE.get()
+        if scope is not None:  # inside a durable run (synthhost.steps)
+            if scope.abandoned:
+                return
+            if upsert_on is None:
+                upsert_on = _keep_first(table, values)
         with self._cond:
             if len(self._queue) >= self.max_pending:
                 self._wait_for_room()
