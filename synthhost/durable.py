@@ -282,7 +282,7 @@ def queue_stats(host: Host) -> dict[str, dict[str, Any]]:
     client = client_for(host)
     now = time.time() * 1000
     stats: dict[str, dict[str, Any]] = {}
-    for wf in client.list_queued_workflows():
+    for wf in client.list_queued_workflows(load_input=False, load_output=False):
         row = stats.setdefault(wf.queue_name or QUEUE, {"queued": 0, "running": 0, "oldest_queued_age_s": None})
         if wf.status == "ENQUEUED":
             row["queued"] += 1

@@ -397,3 +397,21 @@ def test_workers_execute_only_runs_of_their_version(env, workers, make_host):
     finally:
         for h in hosts.values():
             anyio.run(h.stop)
+
+
+def test_metrics_show_queue_depth_wait_and_workers(env, make_host):
+    import httpx
+
+    from tests.gateway_server import serving
+
+    server_host = make_host(synthhost_cost, env=env)
+    with serving(server_host) as url:
+        durable.enqueue(server_host, agent(1), inputs={})
+        durable.enqueue(server_host, agent(1), inputs={})
+        text = httpx.get(url + "/metrics").text
+    lines = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+             if line.startswith("synthhost_durable")}
+    assert lines['synthhost_durable_runs{queue="synthhost-runs",state="queued"}'] == 2
+    assert lines['synthhost_durable_runs{queue="synthhost-runs",state="running"}'] == 0
+    assert lines['synthhost_durable_oldest_queued_age_seconds{queue="synthhost-runs"}'] >= 0
+    assert lines["synthhost_durable_workers"] == 0
