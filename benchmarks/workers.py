@@ -11,6 +11,7 @@ model call, from the echo provider's call log), and on PostgreSQL the rows writt
     uv run --frozen python benchmarks/workers.py                     # PostgreSQL, 1/2/4 workers
     uv run --frozen python benchmarks/workers.py --workers 1,2 --runs 400 --json
     uv run --frozen python benchmarks/workers.py --db sqlite
+    uv run --frozen python benchmarks/workers.py --preload       # a full queue: execution only
 
 Prints figures; asserts nothing.
 """
@@ -81,6 +82,11 @@ def one(workers: int, args: argparse.Namespace) -> dict[str, Any]:
         import anyio
 
         anyio.run(host.start)
+        spec = parse_agent(agent_yaml(args.steps), "bench")
+        preloaded: dict[str, float] = {}
+        if args.preload:  # the whole queue first: execution throughput without the producer
+            durable.enqueue(host, spec, inputs={"n": "warm-up"})
+            preloaded = {durable.enqueue(host, spec, inputs={"n": str(n)}): time.time() for n in range(args.runs)}
         for i in range(workers):
             out = open(tmp / f"worker{i}.log", "wb")  # noqa: SIM115 - the process owns it
             procs.append(subprocess.Popen([sys.executable, "-m", "synthhost", "worker", "--concurrency",
@@ -90,11 +96,11 @@ def one(workers: int, args: argparse.Namespace) -> dict[str, Any]:
                 if procs[i].poll() is not None:
                     raise SystemExit((tmp / f"worker{i}.log").read_text())
                 time.sleep(0.05)
-        spec = parse_agent(agent_yaml(args.steps), "bench")
-        durable.enqueue(host, spec, inputs={"n": "warm-up"})  # the client's connection, DBOS' schema
-        time.sleep(1)
-        before = pg_writes(admin, schema) if admin is not None and schema else 0
-        enqueued: dict[str, float] = {}
+        if not args.preload:
+            durable.enqueue(host, spec, inputs={"n": "warm-up"})  # the client's connection, DBOS' schema
+            time.sleep(1)
+        before = pg_writes(admin, schema) if admin is not None and schema and not args.preload else 0
+        enqueued: dict[str, float] = dict(preloaded)
 
         def producer() -> None:
             for n in range(args.runs):
@@ -102,9 +108,10 @@ def one(workers: int, args: argparse.Namespace) -> dict[str, Any]:
                 enqueued[durable.enqueue(host, spec, inputs={"n": str(n)})] = t
 
         started = time.time()
-        thread = threading.Thread(target=producer)
-        thread.start()
-        thread.join()
+        if not args.preload:
+            thread = threading.Thread(target=producer)
+            thread.start()
+            thread.join()
         enqueue_s = time.time() - started
         ids = list(enqueued)
         while True:
@@ -120,13 +127,15 @@ def one(workers: int, args: argparse.Namespace) -> dict[str, Any]:
             c = json.loads(line)
             first_call.setdefault(c["run"], c["t"])
         waits = [(first_call[r] - t) * 1000 for r, t in enqueued.items() if r in first_call]
+        if args.preload:  # from the first call: the workers' start-up is not throughput
+            elapsed = time.time() - min(first_call[r] for r in enqueued if r in first_call)
         result: dict[str, Any] = {
             "workers": workers, "concurrency": args.concurrency, "runs": args.runs, "steps": args.steps,
             "latency_ms": args.latency_ms, "runs_per_s": round(args.runs / elapsed, 1),
-            "enqueue_per_s": round(args.runs / enqueue_s, 1),
+            "enqueue_per_s": None if args.preload else round(args.runs / enqueue_s, 1),
             "wait_p50_ms": round(statistics.median(waits), 1), "wait_p95_ms": round(pct(waits, 0.95), 1),
         }
-        if admin is not None and schema:
+        if admin is not None and schema and not args.preload:
             time.sleep(1.5)  # statistics reach pg_stat_user_tables when a session goes idle
             writes = pg_writes(admin, schema) - before
             result["row_writes_per_run"] = round(writes / args.runs, 1)
@@ -153,6 +162,9 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--concurrency", type=int, default=16, help="runs each worker executes at once")
     parser.add_argument("--poll-s", type=float, default=0.05, help="SYNTHHOST_QUEUE_POLL_S of the workers")
+    parser.add_argument("--preload", action="store_true",
+                        help="enqueue every run before the workers start (execution throughput; waits then "
+                             "include the workers' start-up)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results = [one(int(n), args) for n in args.workers.split(",")]
@@ -163,7 +175,9 @@ def main() -> None:
           f" per worker, {args.db}, {os.cpu_count()} CPUs")
     for r in results:
         line = (f"{r['workers']} worker(s): {r['runs_per_s']:>7} runs/s  queue wait p50 {r['wait_p50_ms']:>8} ms"
-                f"  p95 {r['wait_p95_ms']:>8} ms  (enqueue {r['enqueue_per_s']}/s)")
+                f"  p95 {r['wait_p95_ms']:>8} ms")
+        if r["enqueue_per_s"]:
+            line += f"  (enqueue {r['enqueue_per_s']}/s)"
         if "row_writes_per_step" in r:
             line += f"  rows written: {r['row_writes_per_step']}/step, {r['row_writes_per_run']}/run"
         print(line)
