@@ -41,6 +41,11 @@ def agent(steps: int = 4, *, name: str = "four", workspace: str = "acme", latenc
                        f"inputs:\n  topic: {{default: cats}}\nsteps:\n{lines}retry: {{max_attempts: 1}}\n", name)
 
 
+# Fleet behaviour (several workers or schedulers sharing one queue) is PostgreSQL's: DBOS on
+# SQLite is for one machine. The crash, drain, cancel and surface tests run on both.
+FLEET = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+
+
 class Workers:
     """``synthhost worker`` subprocesses on the test's database."""
 
@@ -207,6 +212,7 @@ def test_a_step_executed_twice_writes_its_rows_once(host):
     assert other.spans[0].span_id != a.span_id  # another run's salt: other ids
 
 
+@FLEET
 def test_three_workers_run_300_runs_exactly_once(host, workers, env):
     for _ in range(3):
         workers.start("--concurrency", "8", ready=False)
@@ -224,6 +230,7 @@ def test_three_workers_run_300_runs_exactly_once(host, workers, env):
     assert len({c["pid"] for c in log}) == 3  # spread over the three workers
 
 
+@FLEET
 def test_per_workspace_limit_holds_while_other_workspaces_proceed(host, workers, env):
     workers.env = {**env, "SYNTHHOST_WORKSPACE_CONCURRENCY": "2"}
     workers.start("--concurrency", "10")
@@ -242,6 +249,7 @@ def test_per_workspace_limit_holds_while_other_workspaces_proceed(host, workers,
     assert most_at_once(acme + other) == 4  # other proceeds while acme is at its limit
 
 
+@FLEET
 def test_three_schedulers_enqueue_one_run_per_tick(host, workers, env, tmp_path):
     from datetime import UTC, datetime, timedelta
 
@@ -373,6 +381,7 @@ def test_sigterm_past_the_timeout_hands_the_run_to_another_worker_at_once(host, 
     assert sorted(costs) == ["s1", "s2", "s3", "s4"]
 
 
+@FLEET
 def test_workers_execute_only_runs_of_their_version(env, workers, make_host):
     """A rolling upgrade: runs carry the version that enqueued them; the old version's
     worker drains the old runs, the new one takes only new runs."""
