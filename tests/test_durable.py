@@ -314,6 +314,11 @@ def test_cli_durable_bad_input_is_one_line_exit_2(env, tmp_path):
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], result.output
+    for name in ("SYNTHHOST_WORKER_TTL_S", "SYNTHHOST_WORKSPACE_CONCURRENCY"):
+        result = cli({**env, name: "soon"}, "worker", "--until", "1")
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and name in lines[0], result.output
 
 
 def test_runs_api_enqueues_waits_for_and_cancels_durable_runs(env, workers, make_host):
