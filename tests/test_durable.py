@@ -429,3 +429,17 @@ def test_metrics_show_queue_depth_wait_and_workers(env, make_host):
     assert lines['synthhost_durable_runs{queue="synthhost-runs",state="running"}'] == 0
     assert lines['synthhost_durable_oldest_queued_age_seconds{queue="synthhost-runs"}'] >= 0
     assert lines["synthhost_durable_workers"] == 0
+
+
+def test_schedule_run_once_durable_queues_the_tick_for_a_worker(host, workers, env, tmp_path):
+    path = tmp_path / "nightly.yaml"
+    path.write_text("name: nightly\nworkspace: acme\nmodel: gpt-4o-mini\nschedule: \"* * * * * *\"\n"
+                    "steps:\n  - name: go\n    prompt: hello\n")
+    worker = workers.start()
+    first = cli(env, "schedule", "run", str(path), "--until", "1.5", "--durable")
+    assert first.exit_code == 0, first.output
+    with host.engine.connect() as conn:
+        runs = conn.execute(sa.select(durable.RUNS.c.id, durable.RUNS.c.status)
+                            .where(durable.RUNS.c.agent == "nightly")).all()
+    assert runs and all(status == "ok" for _, status in runs)
+    assert {c["pid"] for c in calls(env)} == {worker.pid}  # executed by the worker, not the scheduler
