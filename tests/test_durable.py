@@ -327,7 +327,7 @@ def test_runs_api_enqueues_waits_for_and_cancels_durable_runs(env, workers, make
     from synthhost.gateway.keys import create_key
     from tests.gateway_server import serving
 
-    server_host = make_host(synthhost_cost, env=env)
+    server_host = make_host(synthhost_cost, env={**env, "SYNTHHOST_DURABLE_WAIT_S": "2"})
     spec = {"name": "api", "model": "gpt-4o-mini", "steps": [{"name": "s", "prompt": "hi {{ who }}"}],
             "inputs": {"who": {"default": "x"}}}
     with serving(server_host) as url:
@@ -342,6 +342,8 @@ def test_runs_api_enqueues_waits_for_and_cancels_durable_runs(env, workers, make
         again = httpx.post(url + f"/v1/runs/{run_id}/cancel", headers=auth, timeout=30)
         assert again.status_code == 409
         assert httpx.post(url + "/v1/runs", headers=auth, json={"spec": spec, "durable": "yes"}).status_code == 400
+        no_worker = httpx.post(url + "/v1/runs", headers=auth, json={"spec": spec, "durable": True, "wait": True})
+        assert no_worker.status_code == 202 and no_worker.json()["status"] == "queued"  # bounded wait
 
         workers.start()
         done = httpx.post(url + "/v1/runs", headers=auth, timeout=60,

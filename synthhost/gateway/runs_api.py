@@ -5,7 +5,8 @@
   answers 200 with the run record when it has finished; otherwise 202 with its id at
   once and the run goes on in this process. ``"durable": true`` queues it for
   ``synthhost worker`` processes instead (synthhost.durable; 202 with ``"status":
-  "queued"``, or 200 with ``"wait": true``). The run's workspace is the key's.
+  "queued"``; with ``"wait": true`` 200 once a worker has finished it, or 202 after
+  ``SYNTHHOST_DURABLE_WAIT_S``, 300). The run's workspace is the key's.
 - ``GET /v1/runs/{id}``: the run record (live in this process, else from the database).
 - ``GET /v1/runs/{id}/events``: server-sent events, one ``step`` event as each step ends,
   then ``done`` with the run record (at once for a finished run).
@@ -85,6 +86,10 @@ class Runs:
         self.agents_dir = Path(env["SYNTHHOST_AGENTS_DIR"]) if env.get("SYNTHHOST_AGENTS_DIR") else None
         raw = (env.get("SYNTHHOST_MAX_RUNS_IN_FLIGHT") or "").strip()
         self.max_live = int(raw) if raw.isdigit() and int(raw) > 0 else 100
+        try:
+            self.durable_wait_s = max(0.0, float(env.get("SYNTHHOST_DURABLE_WAIT_S") or 300))
+        except ValueError:
+            self.durable_wait_s = 300.0
 
     # -- the spec ---------------------------------------------------------------------
 
@@ -163,11 +168,14 @@ class Runs:
         try:
             run_id = await self.host.enqueue(spec, inputs=inputs, workspace=workspace)
             if wait:
-                return JSONResponse(self._record(await self.host.wait_run(run_id)))
+                # Bounded: with no worker up the run would wait forever; then it is 202.
+                with anyio.move_on_after(self.durable_wait_s):
+                    return JSONResponse(self._record(await self.host.wait_run(run_id)))
         except SynthhostError as exc:
             return from_error(exc, self.host.redact)
+        stored = await anyio.to_thread.run_sync(self._stored, run_id, workspace)
         record = {"id": run_id, "object": "run", "workspace": workspace, "agent": spec.name, "status": "queued",
-                  "durable": True}
+                  **(stored or {}), "durable": True}
         return JSONResponse(record, status_code=202, headers={"Location": f"/v1/runs/{run_id}"})
 
     async def _background(self, live: LiveRun, spec: AgentSpec, inputs: dict[str, str]) -> None:
