@@ -276,20 +276,41 @@ async def wait(host: Host, run_id: str, poll_s: float = 0.1) -> RunResult:
         await anyio.sleep(poll_s)
 
 
+WAIT_WINDOW_S = 300
+
+
 def queue_stats(host: Host) -> dict[str, dict[str, Any]]:
-    """Per queue: runs waiting (``ENQUEUED``), running (``PENDING``) and the oldest
-    waiting run's age in seconds (its queue wait so far)."""
+    """Per queue: runs waiting (``queued``), executing (``running``), the oldest waiting
+    run's age, and the queue wait (enqueue to start) p50/p95 of the runs started in the
+    last five minutes, in seconds."""
     client = client_for(host)
     now = time.time() * 1000
     stats: dict[str, dict[str, Any]] = {}
+
+    def row(queue: str | None) -> dict[str, Any]:
+        return stats.setdefault(queue or QUEUE, {"queued": 0, "running": 0, "oldest_queued_age_s": None,
+                                                 "wait_p50_s": None, "wait_p95_s": None, "started_5m": 0})
+
     for wf in client.list_queued_workflows(load_input=False, load_output=False):
-        row = stats.setdefault(wf.queue_name or QUEUE, {"queued": 0, "running": 0, "oldest_queued_age_s": None})
+        entry = row(wf.queue_name)
         if wf.status == "ENQUEUED":
-            row["queued"] += 1
+            entry["queued"] += 1
             age = max(0.0, (now - (wf.created_at or now)) / 1000)
-            row["oldest_queued_age_s"] = max(age, row["oldest_queued_age_s"] or 0.0)
+            entry["oldest_queued_age_s"] = max(age, entry["oldest_queued_age_s"] or 0.0)
         else:
-            row["running"] += 1
+            entry["running"] += 1
+    since = datetime.fromtimestamp(now / 1000 - WAIT_WINDOW_S, UTC).isoformat()
+    waits: dict[str, list[float]] = {}
+    for wf in client.list_workflows(name=WORKFLOW, dequeued_after=since, load_input=False, load_output=False,
+                                    limit=10_000, sort_desc=True):
+        if wf.dequeued_at and wf.created_at:
+            waits.setdefault(wf.queue_name or QUEUE, []).append(max(0.0, (wf.dequeued_at - wf.created_at) / 1000))
+    for queue, values in waits.items():
+        values.sort()
+        entry = row(queue)
+        entry["started_5m"] = len(values)
+        entry["wait_p50_s"] = round(values[len(values) // 2], 3)
+        entry["wait_p95_s"] = round(values[min(len(values) - 1, int(len(values) * 0.95))], 3)
     return stats
 
 

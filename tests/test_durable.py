@@ -303,6 +303,13 @@ def test_cli_run_durable_wait_queue_stats_and_cancel(host, workers, env, tmp_pat
     assert record["status"] == "ok" and record["output"] == "echo: echo: hi again"
     assert [s["name"] for s in record["steps"]] == ["a", "b"]
     assert durable.run_status(host, run_id)["status"] == "cancelled"  # type: ignore[index]
+    after = json.loads(cli(env, "queue", "stats", "--durable", "--json").stdout)
+    queue = after["queues"]["synthhost-runs"]
+    assert queue["queued"] == queue["running"] == 0
+    assert queue["started_5m"] == 1 and 0 <= queue["wait_p50_s"] <= queue["wait_p95_s"]
+    assert [w["concurrency"] for w in after["workers"]] == [4]
+    text = cli(env, "queue", "stats", "--durable").stdout
+    assert "synthhost-runs" in text and "1 live worker(s)" in text
 
 
 def test_cli_durable_bad_input_is_one_line_exit_2(env, tmp_path):

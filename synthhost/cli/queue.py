@@ -61,11 +61,15 @@ def _durable_stats(as_json: bool) -> None:
             {"executor_id": w["executor_id"], "app_version": w["app_version"], "queues": w["queues"].split(","),
              "concurrency": w["concurrency"]} for w in workers]}, indent=2, sort_keys=True))
         return
-    click.echo(f"{'queue':<20}  {'queued':>7}  {'running':>7}  oldest queued")
-    for name, row in sorted(queues.items()) or [(durable.QUEUE, {"queued": 0, "running": 0,
-                                                                  "oldest_queued_age_s": None})]:
-        age = row["oldest_queued_age_s"]
-        click.echo(f"{name:<20}  {row['queued']:>7}  {row['running']:>7}  {'-' if age is None else f'{age:.1f}s'}")
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}s"
+
+    click.echo(f"{'queue':<20}  {'queued':>7}  {'running':>7}  {'oldest':>8}  wait p50/p95 (runs started, 5 min)")
+    empty = {"queued": 0, "running": 0, "oldest_queued_age_s": None, "wait_p50_s": None, "wait_p95_s": None,
+             "started_5m": 0}
+    for name, row in sorted(queues.items()) or [(durable.QUEUE, empty)]:
+        click.echo(f"{name:<20}  {row['queued']:>7}  {row['running']:>7}  {seconds(row['oldest_queued_age_s']):>8}"
+                   f"  {seconds(row['wait_p50_s'])}/{seconds(row['wait_p95_s'])} ({row['started_5m']})")
     click.echo(f"{len(workers)} live worker(s)"
                + "".join(f"\n  {w['executor_id']}  version {w['app_version']}  concurrency {w['concurrency']}"
                          for w in workers))

@@ -224,6 +224,9 @@ class HostCollector(Collector):
                                  labels=["queue", "state"])
         wait = GaugeMetricFamily("synthhost_durable_oldest_queued_age_seconds",
                                  "How long the oldest queued durable run has waited.", labels=["queue"])
+        recent = GaugeMetricFamily("synthhost_durable_queue_wait_seconds",
+                                   "Queue wait (enqueue to start) of the durable runs started in the last 5 minutes.",
+                                   labels=["queue", "quantile"])
         workers = GaugeMetricFamily("synthhost_durable_workers", "Workers with a heartbeat younger than the TTL.")
         try:
             stats = durable.queue_stats(self.host)
@@ -234,9 +237,13 @@ class HostCollector(Collector):
             runs.add_metric([queue, "queued"], float(row["queued"]))
             runs.add_metric([queue, "running"], float(row["running"]))
             wait.add_metric([queue], float(row["oldest_queued_age_s"] or 0.0))
+            if row["wait_p50_s"] is not None:
+                recent.add_metric([queue, "0.5"], float(row["wait_p50_s"]))
+                recent.add_metric([queue, "0.95"], float(row["wait_p95_s"]))
         workers.add_metric([], float(live))
         yield runs
         yield wait
+        yield recent
         yield workers
 
 
