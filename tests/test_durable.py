@@ -255,19 +255,20 @@ def test_three_schedulers_enqueue_one_run_per_tick(host, workers, env, tmp_path)
 
     jobs = tmp_path / "jobs"
     jobs.mkdir()
-    (jobs / "tick.yaml").write_text("name: tick\nworkspace: acme\nmodel: gpt-4o-mini\nschedule: \"* * * * * *\"\n"
-                                    "steps:\n  - name: go\n    prompt: hello\n")
+    (jobs / "tick.yaml").write_text("name: tick\nworkspace: acme\nmodel: gpt-4o-mini\n"
+                                    "schedule: \"* * * * * */2\"\nsteps:\n  - name: go\n    prompt: hello\n")
     for _ in range(3):
         workers.start("--schedule", str(jobs), ready=False)
     for i in range(3):
         workers.wait_ready(i)
-    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
-    ticks = [start + timedelta(seconds=n) for n in range(5)]
+    now = datetime.now(UTC).replace(microsecond=0)
+    start = now + timedelta(seconds=4 + now.second % 2)  # an even second, after every scheduler's first pass
+    ticks = [start + timedelta(seconds=2 * n) for n in range(5)]
     ids = {durable.run_id_for(f"cron:acme/tick:{t.isoformat()}"): t for t in ticks}
     wait_for(lambda: all(finished(host, r) for r in ids), what="five ticks' runs")
     with host.engine.connect() as conn:
         runs = conn.execute(sa.select(durable.RUNS.c.id).where(durable.RUNS.c.agent == "tick")).scalars().all()
-    later = {durable.run_id_for(f"cron:acme/tick:{(start + timedelta(seconds=n)).isoformat()}")
+    later = {durable.run_id_for(f"cron:acme/tick:{(start + timedelta(seconds=2 * n)).isoformat()}")
              for n in range(-30, 60)}
     assert set(runs) <= later  # every run is one tick's (a run under any other id would be a duplicate)
     log = [c for c in calls(env) if c["run"] in ids]
