@@ -453,3 +453,12 @@ def test_schedule_run_once_durable_queues_the_tick_for_a_worker(host, workers, e
                             .where(durable.RUNS.c.agent == "nightly")).all()
     assert runs and all(status == "ok" for _, status in runs)
     assert {c["pid"] for c in calls(env)} == {worker.pid}  # executed by the worker, not the scheduler
+
+
+def test_the_embedded_default_runs_in_process_without_dbos(tmp_path):
+    db = tmp_path / "embedded.db"
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{db}", "SYNTHHOST_HOME": str(tmp_path / "home"),
+           "SYNTHHOST_LOAD_PLUGINS": ""}
+    result = cli(env, "run", str(Path(__file__).resolve().parent.parent / "examples" / "hello.yaml"))
+    assert result.exit_code == 0, result.output
+    assert db.exists() and not Path(f"{db}.dbos").exists()  # no DBOS state, no worker needed
