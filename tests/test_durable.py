@@ -361,6 +361,14 @@ def test_runs_api_enqueues_waits_for_and_cancels_durable_runs(env, workers, make
         assert record["status"] == "ok" and record["output"] == "echo: hi Ada" and record["workspace"] == "acme"
         assert [c["pid"] for c in calls(env) if c["run"] == record["id"]] == [workers.procs[0].pid]
 
+        slow = {**spec, "params": {"echo_latency_ms": 300},
+                "steps": [{"name": "a", "prompt": "one"}, {"name": "b", "prompt": "two"}]}
+        followed = httpx.post(url + "/v1/runs", headers=auth, json={"spec": slow, "durable": True}).json()["id"]
+        events = []
+        with httpx.stream("GET", url + f"/v1/runs/{followed}/events", headers=auth, timeout=30) as stream:
+            events = [line.removeprefix("event: ") for line in stream.iter_lines() if line.startswith("event: ")]
+        assert events == ["step", "step", "done"]  # followed live while the worker ran it
+
 
 def test_sigterm_drains_the_run_in_flight(host, workers, env):
     workers.env = {**env, "SYNTHHOST_SHUTDOWN_TIMEOUT": "20"}

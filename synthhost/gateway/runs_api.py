@@ -9,7 +9,8 @@
   ``SYNTHHOST_DURABLE_WAIT_S``, 300). The run's workspace is the key's.
 - ``GET /v1/runs/{id}``: the run record (live in this process, else from the database).
 - ``GET /v1/runs/{id}/events``: server-sent events, one ``step`` event as each step ends,
-  then ``done`` with the run record (at once for a finished run).
+  then ``done`` with the run record (at once for a finished run; a durable run on a
+  worker is followed through its rows).
 - ``POST /v1/runs/{id}/cancel``: cancels a run in progress in this process, or a
   durable run wherever it is (it stops at its next step boundary); the run records
   ``cancelled`` (409 for a finished run, or an in-process run of another process).
@@ -239,9 +240,18 @@ class Runs:
         async def stream() -> Any:
             if live is None:
                 assert stored is not None
-                for step in stored["steps"]:
-                    yield sse("step", step)
-                yield sse("done", stored)
+                record, sent = stored, 0
+                while True:
+                    for step in record["steps"][sent:]:
+                        yield sse("step", step)
+                    sent = len(record["steps"])
+                    if record["status"] not in ("queued", "running"):
+                        break
+                    # Running elsewhere (a durable run on a worker): follow its rows.
+                    await anyio.sleep(0.2)
+                    fresh = await anyio.to_thread.run_sync(self._stored, record["id"], record["workspace"])
+                    record = fresh or record
+                yield sse("done", record)
                 return
             sent = 0
             while True:
