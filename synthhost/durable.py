@@ -406,10 +406,16 @@ class Worker:
         })
         DBOS.listen_queues(list(self.queues))
         DBOS.launch()
+        # DBOS refuses a per-worker or per-workspace limit above the global one; past it,
+        # the global one binds anyway. Without a workspace limit, the partition is only
+        # there so that every enqueue may name its workspace.
+        total = self.config.queue_concurrency
+        per_worker = min(self.concurrency, total or self.concurrency)
+        per_workspace = min(self.config.workspace_concurrency or total or 1_000_000, total or 1_000_000)
         for name in self.queues:
             DBOS.register_queue(
-                name, worker_concurrency=self.concurrency, global_concurrency=self.config.queue_concurrency,
-                partition_concurrency=self.config.workspace_concurrency or 1_000_000,
+                name, worker_concurrency=per_worker, global_concurrency=self.config.queue_concurrency,
+                partition_concurrency=per_workspace,
                 polling_interval_sec=float(self.host.settings.env.get("SYNTHHOST_QUEUE_POLL_S") or 0.2),
                 on_conflict="always_update",
             )

@@ -250,6 +250,19 @@ def test_per_workspace_limit_holds_while_other_workspaces_proceed(host, workers,
 
 
 @FLEET
+def test_global_limit_holds_over_every_worker_and_workspace(host, workers, env):
+    workers.env = {**env, "SYNTHHOST_QUEUE_CONCURRENCY": "3"}
+    workers.start("--concurrency", "10", ready=False)
+    workers.start("--concurrency", "10", ready=False)
+    workers.wait_ready(0)
+    workers.wait_ready(1)
+    ids = [durable.enqueue(host, agent(1, name="g", workspace=f"w{n}", latency_ms=300), inputs={}) for n in range(8)]
+    wait_for(lambda: all(finished(host, r) for r in ids), what="every run")
+    starts = sorted(c["t"] for c in calls(env))
+    assert max(sum(1 for s in starts if t <= s < t + 0.25) for t in starts) == 3
+
+
+@FLEET
 def test_three_schedulers_enqueue_one_run_per_tick(host, workers, env, tmp_path):
     from datetime import UTC, datetime, timedelta
 
