@@ -2,10 +2,11 @@
 
 from typing import TYPE_CHECKING, Any
 
-from synthhost.call import Call, Recovery, Request, Response, Stash, StashKey, Usage
+from synthhost.call import Call, Recovery, Request, Response, Stash, StashKey, StreamDelta, ToolCallRequest, Usage
 from synthhost.errors import Denied, ErrorCode, ProviderError, SynthhostError, UsageError
 from synthhost.hookspecs import hookimpl, hookspec
 from synthhost.registry import Stage
+from synthhost.tools import Tool, ToolCall, ToolError, ToolResult
 from synthhost.trace import RunResult, SpanRecord, Trace
 
 if TYPE_CHECKING:
@@ -36,7 +37,13 @@ __all__ = [
     "Stage",
     "Stash",
     "StashKey",
+    "StreamDelta",
     "SynthhostError",
+    "Tool",
+    "ToolCall",
+    "ToolCallRequest",
+    "ToolError",
+    "ToolResult",
     "Trace",
     "Usage",
     "UsageError",

@@ -59,6 +59,7 @@ from pydantic import (
 
 from synthhost.errors import ErrorCode, SynthhostError, UsageError
 from synthhost.limits import LimitedLoader
+from synthhost.tools.spec import HttpSpec, McpSpec, ToolSpec
 
 __all__ = [
     "BUILTIN_VARIABLES",
@@ -69,6 +70,7 @@ __all__ = [
     "Step",
     "TemplateRenderError",
     "check_providers",
+    "check_tools",
     "format_path",
     "load_agent",
     "parse_agent",
@@ -110,6 +112,7 @@ MAX_RENDER_CHARS = 1 << 20  # one rendered template (system or prompt)
 MAX_RENDER_S = 2.0  # one template's render time
 MAX_TEMPLATE_ITERATIONS = 1_000_000  # loop iterations in one render, all loops together
 MAX_RETRY_DELAY_S = 3600.0
+MAX_TURNS_LIMIT = 100  # the most model turns one step may take
 
 
 class TemplateBudgetExceeded(jinja2.TemplateError):
@@ -220,6 +223,22 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_output_schema(value: dict[str, Any] | str | None) -> dict[str, Any] | str | None:
+    """A JSON Schema is checked now; a ``module:Model`` reference's format now and its
+    import by :func:`check_tools` (importing user code needs the run's environment)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        module, sep, attr = value.partition(":")
+        if not sep or not module or not attr or any(c.isspace() for c in value):
+            raise ValueError(f"output_schema must be a JSON Schema mapping or 'package.module:Model', got {value!r}")
+        return value
+    from synthhost.structured import OutputSchema
+
+    OutputSchema.from_spec(value)
+    return value
+
+
 class InputSpec(_Model):
     """A declared input. ``required`` defaults to true when there is no default; an
     optional input without a default renders as the empty string."""
@@ -268,6 +287,11 @@ class Step(_Model):
     model: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     output: str | None = None
+    # The agent loop (synthhost.agent_loop): None inherits the agent's; [] turns tools off.
+    tools: list[ToolSpec] | None = None
+    max_turns: int | None = Field(default=None, ge=1, le=MAX_TURNS_LIMIT)
+    output_schema: dict[str, Any] | str | None = None
+    output_retries: int | None = Field(default=None, ge=0, le=10)
 
     # (system, prompt) compiled once, on first use (load_agent compiles eagerly).
     _compiled: tuple[jinja2.Template | None, jinja2.Template] | None = PrivateAttr(None)
@@ -286,6 +310,8 @@ class Step(_Model):
     @classmethod
     def _model(cls, value: str | None) -> str | None:
         return None if value is None else _check_model_ref(value)
+
+    _output_schema = field_validator("output_schema")(classmethod(lambda cls, v: _check_output_schema(v)))
 
     @property
     def output_name(self) -> str:
@@ -311,6 +337,10 @@ class AgentSpec(_Model):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     schedule: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    tools: list[ToolSpec] = Field(default_factory=list)
+    max_turns: int = Field(default=10, ge=1, le=MAX_TURNS_LIMIT)
+    output_schema: dict[str, Any] | str | None = None
+    output_retries: int = Field(default=2, ge=0, le=10)
 
     _source: str = PrivateAttr("<agent>")
     _lines: dict[FieldPath, int] = PrivateAttr(default_factory=dict)
@@ -342,6 +372,8 @@ class AgentSpec(_Model):
             if name in BUILTIN_VARIABLES:
                 raise ValueError(f"input name {name!r} is reserved (a built-in variable)")
         return value
+
+    _output_schema = field_validator("output_schema")(classmethod(lambda cls, v: _check_output_schema(v)))
 
     @field_validator("schedule")
     @classmethod
@@ -387,6 +419,20 @@ class AgentSpec(_Model):
     def params_for(self, step: Step) -> dict[str, Any]:
         """The agent's params with the step's merged over them."""
         return {**self.params, **step.params}
+
+    def tools_for(self, step: Step) -> list[ToolSpec]:
+        """The step's tools: its own list, else the agent's."""
+        return list(step.tools) if step.tools is not None else list(self.tools)
+
+    def loop_for(self, step: Step) -> tuple[int, dict[str, Any] | str | None, int]:
+        """``(max_turns, output_schema, output_retries)`` for a step, the step's over the agent's."""
+        return (step.max_turns or self.max_turns,
+                step.output_schema if step.output_schema is not None else self.output_schema,
+                step.output_retries if step.output_retries is not None else self.output_retries)
+
+    def uses_loop(self, step: Step) -> bool:
+        """Does this step run the agent loop (tools or structured output)?"""
+        return bool(self.tools_for(step)) or self.loop_for(step)[1] is not None
 
     def compile(self) -> None:
         """Compile every template now (``load_agent`` does; specs built in code compile
@@ -507,12 +553,13 @@ def _describe(value: Any) -> str:
 def _known_fields(path: FieldPath) -> list[str]:
     """The fields allowed at the mapping holding ``path``'s last element."""
     parent = [p for p in path[:-1] if isinstance(p, str)]
+    nested: dict[str, type[BaseModel]] = {"tools": ToolSpec, "http": HttpSpec, "mcp": McpSpec, "retry": RetryPolicy}
     if not parent:
         model: type[BaseModel] = AgentSpec
+    elif parent[-1] in nested and parent[0] != "inputs":
+        model = nested[parent[-1]]
     elif parent[0] == "steps":
         model = Step
-    elif parent[0] == "retry":
-        model = RetryPolicy
     elif parent[0] == "inputs":
         model = InputSpec
     else:  # pragma: no cover - only the models above forbid extras
@@ -695,6 +742,37 @@ def check_providers(spec: AgentSpec, known: Iterable[str], source: str | None = 
                 f"{_where(source, spec.line_of(path))}: unknown provider {provider!r} in "
                 f"{format_path(path)} (known: {', '.join(sorted(names)) or 'none'})"
             )
+
+
+def check_tools(spec: AgentSpec, host: Any, source: str | None = None) -> None:
+    """Refuse, with the entry's line, a ``python:`` tool or an ``output_schema`` model that
+    does not import, and a tool name no plugin registered (HTTP and MCP entries are checked
+    when the run opens them)."""
+    from synthhost.structured import OutputSchema
+    from synthhost.tools.toolbox import resolve_static, search_dir
+
+    source = source or spec.source
+    base_dir = search_dir(spec.source)
+    entries: list[tuple[FieldPath, ToolSpec]] = [(("tools", i), t) for i, t in enumerate(spec.tools)]
+    schemas: list[tuple[FieldPath, Any]] = [(("output_schema",), spec.output_schema)]
+    for i, step in enumerate(spec.steps):
+        entries += [(("steps", i, "tools", j), t) for j, t in enumerate(step.tools or ())]
+        schemas.append((("steps", i, "output_schema"), step.output_schema))
+    for path, entry in entries:
+        if entry.http is None and entry.mcp is None:
+            try:
+                resolve_static(host, entry, base_dir)
+            except ValueError as exc:
+                field = (*path, "python" if entry.python else "name")
+                raise UsageError(f"{_where(source, spec.line_of(field))}: {format_path(field)}: "
+                                 f"{_one_line(str(exc))}") from None
+    for path, value in schemas:
+        if isinstance(value, str):
+            try:
+                OutputSchema.from_spec(value, base_dir=base_dir)
+            except ValueError as exc:
+                raise UsageError(f"{_where(source, spec.line_of(path))}: {format_path(path)}: "
+                                 f"{_one_line(str(exc))}") from None
 
 
 def resolve_inputs(spec: AgentSpec, given: Mapping[str, str]) -> dict[str, Any]:

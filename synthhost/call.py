@@ -12,7 +12,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from os import urandom
@@ -170,6 +170,34 @@ class Usage:
         }
 
 
+@dataclass(slots=True, frozen=True)
+class ToolCallRequest:
+    """A tool call the model asked for: its id (the provider's ``tool_call_id``), the
+    tool's name and the arguments as the model wrote them (JSON text, maybe invalid)."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+    def to_message(self) -> dict[str, Any]:
+        """The OpenAI wire form, as it goes back in the assistant message."""
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass(slots=True, frozen=True)
+class StreamDelta:
+    """A piece of a streamed answer: ``text``, or a fragment of tool call ``index``
+    (its ``id`` and ``name`` come with its first fragment, ``arguments`` in pieces).
+    The provider still returns the assembled :class:`Response`; deltas are a preview
+    that ``post_call`` hooks have not seen yet."""
+
+    text: str = ""
+    index: int | None = None
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
 @dataclass(slots=True)
 class Response:
     text: str
@@ -179,9 +207,11 @@ class Response:
     finish_reason: str = "stop"
     latency_s: float = 0.0
     raw: dict[str, Any] | None = None
+    # Tool calls the model asked for (empty: a final answer).
+    tool_calls: list[ToolCallRequest] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "text": self.text,
             "model": self.model,
             "provider": self.provider,
@@ -189,6 +219,9 @@ class Response:
             "finish_reason": self.finish_reason,
             "latency_s": self.latency_s,
         }
+        if self.tool_calls:
+            out["tool_calls"] = [t.to_message() for t in self.tool_calls]
+        return out
 
 
 class StashKey(Generic[T]):
@@ -252,6 +285,9 @@ class Call:
     started_at: float = field(default_factory=time.time)
     requested_model: str = ""
     requested_provider: str = ""
+    # Set when the caller streams: a provider that can stream passes deltas here as they
+    # arrive (and still returns the assembled response); one that cannot ignores it.
+    on_delta: Callable[[StreamDelta], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.requested_model = self.requested_model or self.request.model

@@ -27,6 +27,7 @@ from synthhost.call import Call, Recovery, Response
 from synthhost.errors import Denied, ErrorCode
 from synthhost.hookspecs import spec_names
 from synthhost.registry import Stage
+from synthhost.tools import ToolCall, ToolResult
 
 if TYPE_CHECKING:
     from synthhost.host import Host
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("synthhost.chain")
 
-CALL_HOOKS = ("pre_call", "post_call", "on_failure", "on_trace")
+CALL_HOOKS = ("pre_call", "post_call", "on_failure", "on_trace", "pre_tool", "post_tool", "on_tool_failure")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,9 @@ class Chain:
     post_call: tuple[Impl, ...]
     on_failure: tuple[Impl, ...]
     on_trace: tuple[Impl, ...]
+    pre_tool: tuple[Impl, ...]
+    post_tool: tuple[Impl, ...]
+    on_tool_failure: tuple[Impl, ...]
 
 
 class Chains:
@@ -142,22 +146,26 @@ class Chains:
             result = await result
         return result
 
-    def fault(self, impl: Impl, hook: str, exc: Exception, call: Call | None, workspace: str) -> None:
+    def fault(self, impl: Impl, hook: str, exc: Exception, call: Call | ToolCall | None, workspace: str) -> None:
         """Record a crashed plugin; deny the call if the plugin is fail-closed."""
         host = self.host
         host.stats["plugin_errors"] += 1
         host.stats[f"plugin_errors.{impl.plugin_name}"] += 1
         message = host.redact(f"{type(exc).__name__}: {exc}")[:500]
         log.warning("plugin %s failed in %s: %s", impl.plugin_name, hook, message)
-        host.emit(
-            "plugin_error", call=call, workspace=workspace, status="error",
-            plugin=impl.plugin_name, hook=hook, error=message, fail_closed=impl.fail_closed,
-        )
+        if isinstance(call, ToolCall):
+            call.emit("plugin_error", status="error", plugin=impl.plugin_name, hook=hook, error=message,
+                      fail_closed=impl.fail_closed)
+        else:
+            host.emit(
+                "plugin_error", call=call, workspace=workspace, status="error",
+                plugin=impl.plugin_name, hook=hook, error=message, fail_closed=impl.fail_closed,
+            )
         if call is not None:
             call.attributes.setdefault("plugin_errors", []).append(f"{impl.plugin_name}.{hook}")
         if host.settings.raise_errors:
             raise exc
-        if impl.fail_closed and hook in ("pre_call", "post_call"):
+        if impl.fail_closed and hook in ("pre_call", "post_call", "pre_tool", "post_tool"):
             raise Denied(ErrorCode.PLUGIN_ERROR, f"plugin {impl.plugin_name} failed in {hook}: {message}",
                          plugin=impl.plugin_name) from exc
 
@@ -217,6 +225,64 @@ class Chains:
                      "attempt": attempt}
                 )
                 return result
+        return None
+
+    async def pre_tool(self, chain: Chain, tool: ToolCall) -> ToolResult | None:
+        kwargs = {"tool": tool}
+        for impl in chain.pre_tool:
+            try:
+                result = impl.function(*[kwargs[n] for n in impl.argnames])
+                if result is not None and (type(result) is CoroutineType or inspect.isawaitable(result)):
+                    result = await result
+            except Denied:
+                raise
+            except Exception as exc:
+                self.fault(impl, "pre_tool", exc, tool, tool.workspace)
+                continue
+            if result is not None:
+                if not isinstance(result, ToolResult):
+                    self.fault(impl, "pre_tool", TypeError(f"returned {_shown(result)}, not a ToolResult or None"),
+                               tool, tool.workspace)
+                    continue
+                tool.attributes["short_circuit_by"] = impl.plugin_name
+                return result
+        return None
+
+    async def post_tool(self, chain: Chain, tool: ToolCall, result: ToolResult) -> None:
+        kwargs = {"tool": tool, "result": result}
+        for impl in chain.post_tool:
+            try:
+                answer = impl.function(*[kwargs[n] for n in impl.argnames])
+                if answer is not None and (type(answer) is CoroutineType or inspect.isawaitable(answer)):
+                    answer = await answer
+            except Denied:
+                raise
+            except Exception as exc:
+                self.fault(impl, "post_tool", exc, tool, tool.workspace)
+                continue
+            if answer is not None:
+                self.fault(impl, "post_tool", TypeError(f"returned {_shown(answer)}, not None"), tool, tool.workspace)
+
+    async def on_tool_failure(self, chain: Chain, tool: ToolCall, result: ToolResult,
+                              attempt: int) -> Recovery | ToolResult | None:
+        kwargs = {"tool": tool, "result": result, "attempt": attempt}
+        for impl in chain.on_tool_failure:
+            try:
+                answer = impl.function(*[kwargs[n] for n in impl.argnames])
+                if answer is not None and (type(answer) is CoroutineType or inspect.isawaitable(answer)):
+                    answer = await answer
+            except Exception as exc:
+                self.fault(impl, "on_tool_failure", exc, tool, tool.workspace)
+                continue
+            if answer is not None:
+                if not isinstance(answer, Recovery | ToolResult):
+                    self.fault(impl, "on_tool_failure", TypeError(
+                        f"returned {_shown(answer)}, not a Recovery, a ToolResult or None"), tool, tool.workspace)
+                    continue
+                tool.attributes.setdefault("recoveries", []).append(
+                    {"by": impl.plugin_name, "attempt": attempt,
+                     "action": answer.action if isinstance(answer, Recovery) else "repair"})
+                return answer
         return None
 
     async def on_trace(self, trace: Trace) -> None:

@@ -29,6 +29,13 @@ class ErrorCode(StrEnum):
     PLUGIN_ERROR = "PLUGIN_ERROR"
     CANCELLED = "CANCELLED"
     STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
+    MAX_TURNS = "MAX_TURNS"
+    OUTPUT_INVALID = "OUTPUT_INVALID"
+    # Tool failures: the model reads them as tool results; they end no run.
+    TOOL_ERROR = "TOOL_ERROR"
+    TOOL_TIMEOUT = "TOOL_TIMEOUT"
+    TOOL_BAD_ARGUMENTS = "TOOL_BAD_ARGUMENTS"
+    UNKNOWN_TOOL = "UNKNOWN_TOOL"
 
 
 class SynthhostError(Exception):

@@ -1,7 +1,9 @@
 """Per-workspace feature flags.
 
-Resolution for ``(workspace, flag)``: the workspace's row → the global row (workspace
-``'*'``) → the default the declaring plugin registered. Every row lives in
+Resolution for ``(workspace, flag)``: the kill switch (a forced row, workspace ``'!'``,
+set with ``synthhost flags set FLAG off --workspace '*'``: every workspace, over their
+own rows) → the workspace's row → the global row (workspace ``'*'``) → the default the
+declaring plugin registered. Every row lives in
 ``feature_flags``; reads are served from an in-process snapshot (a dict look-up on the
 hot path). A change made through this process's :class:`FlagStore` is visible at once
 here; other processes poll the one-row ``flag_epoch`` table every
@@ -27,6 +29,7 @@ from synthhost.storage.models import FeatureFlag, FlagEpoch, utcnow
 from synthhost.workspace import validate_workspace
 
 GLOBAL = "*"
+FORCED = "!"  # not a valid workspace name: the kill switch's rows cannot collide with one
 
 FLAGS = FeatureFlag.__table__  # type: ignore[attr-defined]
 EPOCH = FlagEpoch.__table__  # type: ignore[attr-defined]
@@ -36,7 +39,7 @@ EPOCH = FlagEpoch.__table__  # type: ignore[attr-defined]
 class FlagState:
     name: str
     enabled: bool
-    source: Literal["workspace", "global", "default"]
+    source: Literal["forced", "workspace", "global", "default"]
     default: bool
     plugin: str
     description: str
@@ -76,7 +79,7 @@ class FlagStore(PolledSnapshot):
         if flags is None:
             rows = self._rows
             flags = {
-                name: rows.get((workspace, name), rows.get((GLOBAL, name), spec.default))
+                name: rows.get((FORCED, name), rows.get((workspace, name), rows.get((GLOBAL, name), spec.default)))
                 for name, spec in self.specs.items()
             }
             self._resolved[workspace] = flags
@@ -90,7 +93,9 @@ class FlagStore(PolledSnapshot):
     def state(self, workspace: str | None = None) -> list[FlagState]:
         out = []
         for name, spec in sorted(self.specs.items()):
-            if workspace is not None and (workspace, name) in self._rows:
+            if (FORCED, name) in self._rows:
+                enabled, source = self._rows[(FORCED, name)], "forced"
+            elif workspace is not None and (workspace, name) in self._rows:
                 enabled, source = self._rows[(workspace, name)], "workspace"
             elif (GLOBAL, name) in self._rows:
                 enabled, source = self._rows[(GLOBAL, name)], "global"
@@ -105,9 +110,12 @@ class FlagStore(PolledSnapshot):
 
     # -- writes -----------------------------------------------------------------------
 
-    def set(self, name: str, enabled: bool, *, workspace: str | None = None, actor: str | None = None) -> None:
+    def set(self, name: str, enabled: bool, *, workspace: str | None = None, actor: str | None = None,
+            force: bool = False) -> None:
+        """``force``: the kill switch, for every workspace over their own rows (``workspace``
+        is then ignored); :meth:`unset` with ``force`` lifts it."""
         self.check_name(name)
-        ws = _scope(workspace)
+        ws = FORCED if force else _scope(workspace)
         now = utcnow()
         with self.engine.begin() as conn:
             updated = conn.execute(
@@ -125,13 +133,12 @@ class FlagStore(PolledSnapshot):
             self._bump(conn)
         self.reload()
 
-    def unset(self, name: str, *, workspace: str | None = None) -> bool:
+    def unset(self, name: str, *, workspace: str | None = None, force: bool = False) -> bool:
         self.check_name(name)
+        ws = FORCED if force else _scope(workspace)
         with self.engine.begin() as conn:
             removed = conn.execute(
-                FLAGS.delete().where(
-                    FLAGS.c.workspace_id == _scope(workspace), FLAGS.c.flag_name == name
-                )
+                FLAGS.delete().where(FLAGS.c.workspace_id == ws, FLAGS.c.flag_name == name)
             ).rowcount
             self._bump(conn)
         self.reload()

@@ -10,14 +10,15 @@ yet, so they only declare). Their return value must be ``None``. The host calls 
 plugin's implementation on its own, with a ``register`` callback bound to that plugin,
 so it knows which plugin declared what and can refuse collisions.
 
-Call hooks (``pre_call``, ``post_call``, ``on_failure``, ``on_trace``) run for the
+Call hooks (``pre_call``, ``post_call``, ``on_failure``, ``pre_tool``, ``post_tool``,
+``on_tool_failure``, ``on_trace``) run for the
 plugins *active* for the call's workspace: a plugin with a gate (see
 :func:`register_gate`) is active when its gate is on for that workspace; a plugin with no
 gate is always active. They run in the documented stage order (:class:`synthhost.Stage`),
 never in registration order.
 
-Error policy, for every call hook: :class:`synthhost.Denied` raised from ``pre_call`` or
-``post_call`` stops the call with its code, and later plugins do not run. Any other
+Error policy, for every call hook: :class:`synthhost.Denied` raised from ``pre_call``,
+``post_call``, ``pre_tool`` or ``post_tool`` stops the call with its code, and later plugins do not run. Any other
 exception is isolated: the host records a ``plugin_error`` event naming the plugin and
 the hook, counts it (``host.stats.plugin_errors``), and goes on without that plugin's
 result (fail-open), unless the plugin registered ``fail_closed=True`` or is listed in
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from synthhost.call import Call, Recovery, Response
     from synthhost.host import Host
     from synthhost.registry import (
+        RegisterCheck,
         RegisterExporter,
         RegisterFlag,
         RegisterGate,
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
         RegisterRetention,
         RegisterRoute,
     )
+    from synthhost.tools import RegisterTool, ToolCall, ToolResult
     from synthhost.trace import Trace
 
 hookspec = pluggy.HookspecMarker("synthhost")
@@ -160,6 +163,27 @@ def register_health_checks(register: RegisterHealthCheck) -> None:
 
 
 @hookspec
+def register_checks(register: RegisterCheck) -> None:
+    """Declare deployment checks run by ``synthhost check`` (the deployment checklist).
+
+    :param register: ``register(name, check, *, phase=0)``. ``check(host)`` returns (or
+        awaits to) a :class:`synthhost.checks.CheckResult`: build it with ``passed(detail)``,
+        ``failed(detail, fix)``, ``warned(detail, fix)`` or ``skipped(reason, fix)``
+        (optional and not configured here). ``phase`` is the rollout phase that needs the
+        item (``0``: the deployment itself; ``1``-``4``: the checklist's phases); ``synthhost
+        check --phase N`` runs phases ``0..N``. ``host`` is built but not started (settings,
+        registry, engine; nothing migrated, no plugin's ``startup`` ran, no background
+        threads): a check looks and changes nothing, and closes what it opens. Talk to the
+        real service (an authenticated request, a test event) and never put a secret's
+        value in ``detail`` or ``fix``. A name taken by another plugin is an error at
+        start-up.
+
+    Error policy: a check that raises, or does not answer within 20 s, is reported as
+    failed with the exception's first line. Return value: ignored.
+    """
+
+
+@hookspec
 def register_retention(register: RegisterRetention) -> None:
     """Declare a table whose rows age out, for ``synthhost db prune`` and the worker.
 
@@ -167,10 +191,11 @@ def register_retention(register: RegisterRetention) -> None:
         whose ``time_column`` is older than the table's retention are deleted in small
         batches (see :mod:`synthhost.retention`); ``only`` (``{column: value}``) limits
         pruning to rows that also match (the outbox prunes only ``delivered`` rows). The
-        table needs a single-column primary key. Retention is configured by the operator
-        (``SYNTHHOST_RETENTION_DAYS``, ``SYNTHHOST_RETENTION_<TABLE>_DAYS``); a table
-        without a configured retention is never pruned. A table registered by two
-        plugins is refused.
+        table needs a single-column primary key; with a ``workspace_id`` column it can
+        be kept for a different time per workspace. Retention is configured by the
+        operator (``synthhost retention set``, ``SYNTHHOST_RETENTION_DAYS``,
+        ``SYNTHHOST_RETENTION_<TABLE>_DAYS``); a table without a configured retention is
+        never pruned. A table registered by two plugins is refused.
 
     Return value: ignored.
     """
@@ -188,9 +213,25 @@ def register_routes(register: RegisterRoute) -> None:
         (``member`` or ``admin``); the host is ``request.app.state.host``. Serve only the
         caller's workspace: answer 404 for another workspace's objects, never 403 (no
         existence oracle). ``auth=False`` is for public endpoints (webhooks that check
-        their own signature). A path already taken, by the gateway or another plugin,
-        is an error at start-up; an exception in the endpoint is a 500 with an
+        their own signature). A path already taken, by the gateway (the console's ``/ui``
+        paths included) or another plugin, is an error at start-up; an exception in the endpoint is a 500 with an
         OpenAI-style error body, never a traceback.
+
+    Return value: ignored.
+    """
+
+
+@hookspec
+def register_tools(register: RegisterTool) -> None:
+    """Offer tools that agents can call by name (``tools: [{name: weather}]`` in an
+    agent file).
+
+    :param register: ``register(tool, *, name=None, description=None, timeout_s=None)``.
+        ``tool`` is a :class:`synthhost.tools.Tool`, or a typed function (``def`` or
+        ``async def``) whose argument schema is derived from its type hints with
+        pydantic and whose description is its docstring's first paragraph; sync
+        functions run in a worker thread. Two plugins registering the same name is an
+        error at start-up.
 
     Return value: ignored.
     """
@@ -279,6 +320,58 @@ def on_failure(call: Call, error: BaseException, attempt: int) -> Recovery | Non
     to let the next plugin decide. The host's default recovery plugin answers last:
     retry retryable errors with exponential backoff and full jitter up to
     ``call.max_attempts``, never auth or validation errors.
+    """
+
+
+@hookspec
+def pre_tool(tool: ToolCall) -> ToolResult | Awaitable[ToolResult | None] | None:
+    """Before each tool call an agent's model asked for, in stage order (policy, rate
+    limit, input guardrails, ...), like ``pre_call``.
+
+    :param tool: the tool call's context: ``tool.name``, ``tool.source`` (``python``,
+        ``http``, ``mcp``, ``plugin``), ``tool.args`` (a dict; change it in place to
+        change what the tool receives), ``tool.turn``, the run's tenant and ids, and
+        ``tool.attributes`` (recorded on the tool's span).
+
+    Return value: ``None`` to go on, or a :class:`synthhost.tools.ToolResult` to answer
+    instead of the tool (it is not called; ``post_tool`` still runs). Raise
+    :class:`synthhost.Denied` to block the call: later plugins do not run, the tool is
+    not called, and the model is sent an error result naming the code (the run goes on:
+    the model may answer without the tool). Other exceptions follow the call hooks'
+    error policy.
+    """
+
+
+@hookspec
+def post_tool(tool: ToolCall, result: ToolResult) -> Awaitable[None] | None:
+    """After each tool call (one that succeeded or failed: ``result.is_error``), before
+    the model sees the result, in stage order (output guardrails, ..., telemetry).
+
+    :param tool: the tool call's context (the arguments as the tool received them).
+    :param result: what the tool produced; ``result.content`` is the text the model will
+        read: rewrite it in place to redact.
+
+    Return value: ``None`` (anything else is a ``plugin_error``). Raise
+    :class:`synthhost.Denied` to withhold the result: the model is sent an error result
+    naming the code instead.
+    """
+
+
+@hookspec(firstresult=True)
+def on_tool_failure(tool: ToolCall, result: ToolResult, attempt: int) -> Recovery | ToolResult | None:
+    """After a tool call failed in the tool itself (an exception, a timeout, bad
+    arguments, an HTTP or MCP error; not a denial, not an unknown tool), in stage order;
+    the first non-``None`` answer wins. Nothing retries a tool by default.
+
+    :param tool: the tool call's context (``tool.args`` as the tool received them).
+    :param result: the error result (``result.error_code``, ``result.content``).
+    :param attempt: the attempt that failed, from 1; a tool is tried at most 3 times.
+
+    Return value: a :class:`synthhost.Recovery`: ``retry`` (after ``delay`` seconds),
+    ``reroute`` with ``changes={"args": {...}}`` (repaired arguments, then tried again)
+    or ``give_up``; a :class:`synthhost.tools.ToolResult` to answer instead (a repair:
+    the model reads it, ``post_tool`` still runs); or ``None`` to let the next plugin
+    decide.
     """
 
 

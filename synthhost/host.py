@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import sqlalchemy as sa
 
-from synthhost.call import Call, Response, new_id
+from synthhost.call import Call, Response, StreamDelta, new_id
 from synthhost.chain import Chains
 from synthhost.errors import StorageUnavailable, UnknownProvider
 from synthhost.flags import FlagStore
@@ -38,6 +38,7 @@ from synthhost.workspace import validate_workspace
 if TYPE_CHECKING:
     from synthhost.agent import AgentSpec
     from synthhost.hooktiming import HookTimings
+    from synthhost.streaming import ResponseStream
     from synthhost.trace import RunResult, StepResult
 
 log = logging.getLogger("synthhost")
@@ -183,6 +184,9 @@ class Host:
         for impl in hook.register_health_checks.get_hookimpls():
             p = impl.plugin_name
             declare("register_health_checks", impl, lambda name, check, _p=p: reg.add_health_check(_p, name, check))
+        for impl in hook.register_checks.get_hookimpls():
+            p = impl.plugin_name
+            declare("register_checks", impl, lambda name, check, _p=p, **kw: reg.add_check(_p, name, check, **kw))
         for impl in hook.register_retention.get_hookimpls():
             p = impl.plugin_name
             declare("register_retention", impl, lambda table, time_column="created_at", _p=p, **kw:
@@ -190,6 +194,9 @@ class Host:
         for impl in hook.register_routes.get_hookimpls():
             p = impl.plugin_name
             declare("register_routes", impl, lambda path, endpoint, _p=p, **kw: reg.add_route(_p, path, endpoint, **kw))
+        for impl in hook.register_tools.get_hookimpls():
+            p = impl.plugin_name
+            declare("register_tools", impl, lambda tool, _p=p, **kw: reg.add_tool(_p, tool, **kw))
         for name, gate in reg.gates.items():
             if isinstance(gate.gate, str) and gate.gate not in reg.flags:
                 raise RegistrationError(f"plugin {name!r} is gated by undeclared flag {gate.gate!r}")
@@ -402,11 +409,13 @@ class Host:
         agent: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         max_attempts: int = 3,
+        on_delta: Callable[[StreamDelta], None] | None = None,
     ) -> Response:
         """Run one model call through the plugin chain. ``model`` is
         ``"provider/model"`` (``"echo/echo-1"``, ``"openai/gpt-4o-mini"``); a bare name
-        uses the ``echo`` provider. Raises :class:`synthhost.Denied` or
-        :class:`synthhost.ProviderError` on failure."""
+        uses the ``echo`` provider. ``on_delta`` streams: a provider that can passes the
+        answer's pieces to it as they arrive (see :meth:`stream`). Raises
+        :class:`synthhost.Denied` or :class:`synthhost.ProviderError` on failure."""
         from synthhost.runner import complete_standalone
 
         if workspace not in self._valid_workspaces:
@@ -414,8 +423,16 @@ class Host:
         await self.start()
         return await complete_standalone(
             self, model=model, messages=messages, workspace=workspace, params=params, user=user,
-            org=org, agent=agent, metadata=metadata, max_attempts=max_attempts,
+            org=org, agent=agent, metadata=metadata, max_attempts=max_attempts, on_delta=on_delta,
         )
+
+    def stream(self, **kwargs: Any) -> ResponseStream:
+        """:meth:`complete` with the answer streamed: ``async with host.stream(model=...,
+        messages=...) as stream: async for delta in stream: ...``; then
+        ``stream.response`` is the whole answer (see :mod:`synthhost.streaming`)."""
+        from synthhost.streaming import ResponseStream
+
+        return ResponseStream(self, kwargs)
 
     async def run(
         self,
@@ -427,17 +444,20 @@ class Host:
         org: str | None = None,
         on_step: Callable[[int, int, StepResult], None] | None = None,
         run_id: str | None = None,
+        on_delta: Callable[[StreamDelta], None] | None = None,
     ) -> RunResult:
         """Run an agent's steps through the plugin chain; the run's rows are durable
         before this returns. ``on_step(index, total, step)`` is called as each step
         ends (1-based index), for live progress. ``run_id`` (a fresh 32-hex id) lets a
-        caller name the run before it starts (the HTTP API answers 202 with it)."""
+        caller name the run before it starts (the HTTP API answers 202 with it).
+        ``on_delta`` receives the last step's answer (every model turn of it) as it
+        streams."""
         from synthhost.runner import run_agent
 
         self._check_workspace(workspace or spec.workspace)
         await self.start()
         return await run_agent(self, spec, inputs=inputs or {}, workspace=workspace, user=user, org=org,
-                               on_step=on_step, run_id=run_id)
+                               on_step=on_step, run_id=run_id, on_delta=on_delta)
 
     async def enqueue(
         self,

@@ -30,6 +30,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "synthhost.default_plugins.recovery",
     "synthhost.default_plugins.scheduler",
     "synthhost.default_plugins.retention",
+    "synthhost.default_plugins.checks",
 )
 
 

@@ -1,8 +1,9 @@
 """What registration hooks declare: flags, gates and stages, providers, exporters,
-migrations, health checks and HTTP routes. The host fills one :class:`Registry` at start-up."""
+migrations, health checks, deployment checks and HTTP routes. The host fills one :class:`Registry` at start-up."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -11,7 +12,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from synthhost.call import Call, Request, Response
+    from synthhost.checks import CheckResult
     from synthhost.host import Host
+    from synthhost.tools import Tool
+
+
+# OpenAI's rule for function names, which every provider here accepts.
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Stage(IntEnum):
@@ -65,6 +72,10 @@ class GateSpec:
 
 
 class Provider(Protocol):
+    """``complete`` answers a request. Optional attributes: ``supports_tools = False``
+    makes the agent loop refuse a step with tools on this provider (default: assumed to
+    speak OpenAI's tool-calling format); ``call.on_delta`` set means the caller streams."""
+
     async def complete(self, request: Request, *, call: Call) -> Response: ...
 
 
@@ -98,6 +109,19 @@ class ExporterSpec:
 
 HealthCheck = Callable[["Host"], "tuple[bool, str] | Awaitable[tuple[bool, str]]"]
 
+# A ``synthhost check`` item: ``check(host)`` returns (or awaits to) a CheckResult.
+Check = Callable[["Host"], "CheckResult | Awaitable[CheckResult]"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSpec:
+    """A deployment check (see :mod:`synthhost.checks`)."""
+
+    name: str
+    check: Check
+    plugin: str
+    phase: int = 0
+
 
 @dataclass(frozen=True, slots=True)
 class RetentionSpec:
@@ -125,6 +149,10 @@ class RegisterMigrations(Protocol):
 
 class RegisterProvider(Protocol):
     def __call__(self, name: str, factory: ProviderFactory) -> None: ...
+
+
+class RegisterCheck(Protocol):
+    def __call__(self, name: str, check: Check, *, phase: int = 0) -> None: ...
 
 
 class RegisterRetention(Protocol):
@@ -179,8 +207,10 @@ class Registry:
     providers: dict[str, ProviderSpec] = field(default_factory=dict)
     exporters: dict[str, ExporterSpec] = field(default_factory=dict)
     health_checks: dict[str, tuple[str, HealthCheck]] = field(default_factory=dict)
+    checks: dict[str, CheckSpec] = field(default_factory=dict)
     retention: dict[str, RetentionSpec] = field(default_factory=dict)
     routes: dict[str, RouteSpec] = field(default_factory=dict)
+    tools: dict[str, tuple[str, Tool]] = field(default_factory=dict)  # name -> (plugin, tool)
 
     def add_flag(self, plugin: str, name: str, default: bool = False, description: str = "") -> None:
         existing = self.flags.get(name)
@@ -237,6 +267,15 @@ class Registry:
     def add_health_check(self, plugin: str, name: str, check: HealthCheck) -> None:
         self.health_checks[name] = (plugin, check)
 
+    def add_check(self, plugin: str, name: str, check: Check, *, phase: int = 0) -> None:
+        if name in self.checks:
+            raise RegistrationError(f"check {name!r} registered by {self.checks[name].plugin!r} and {plugin!r}")
+        if not callable(check):
+            raise RegistrationError(f"plugin {plugin!r}: check {name!r} is not callable")
+        if isinstance(phase, bool) or not isinstance(phase, int) or not 0 <= phase <= 4:
+            raise RegistrationError(f"plugin {plugin!r}: check {name!r}: phase {phase!r} is not 0-4")
+        self.checks[name] = CheckSpec(name, check, plugin, phase)
+
     def add_retention(self, plugin: str, table: str, time_column: str = "created_at",
                       only: Mapping[str, Any] | None = None) -> None:
         existing = self.retention.get(table)
@@ -257,3 +296,23 @@ class Registry:
             raise RegistrationError(f"route {path!r} registered by {self.routes[path].plugin!r} and {plugin!r}")
         verbs = tuple(m.upper() for m in methods)
         self.routes[path] = RouteSpec(path, endpoint, plugin, verbs, bool(auth), name)
+
+    def add_tool(self, plugin: str, tool: Any, *, name: str | None = None, description: str | None = None,
+                 timeout_s: float | None = None) -> None:
+        """A plugin's tool: a :class:`~synthhost.tools.Tool` or a typed function."""
+        from synthhost.tools import Tool
+        from synthhost.tools.python import python_tool
+
+        try:
+            if isinstance(tool, Tool):
+                tool = tool.with_overrides(name=name, description=description, timeout_s=timeout_s)
+            else:
+                tool = python_tool(tool, name=name, description=description, timeout_s=timeout_s, source="plugin")
+        except ValueError as exc:
+            raise RegistrationError(f"plugin {plugin!r}: tool {name or getattr(tool, '__name__', tool)!r}: {exc}") \
+                from None
+        if not _TOOL_NAME.match(tool.name):
+            raise RegistrationError(f"plugin {plugin!r}: tool name {tool.name!r} must match {_TOOL_NAME.pattern}")
+        if tool.name in self.tools:
+            raise RegistrationError(f"tool {tool.name!r} registered by {self.tools[tool.name][0]!r} and {plugin!r}")
+        self.tools[tool.name] = (plugin, tool)

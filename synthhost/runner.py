@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
@@ -12,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from synthhost.call import Call, Request, Response, StashKey, new_id
-from synthhost.errors import Denied, ErrorCode, ProviderError, SynthhostError
+from synthhost.call import Call, Request, Response, StashKey, StreamDelta, new_id
+from synthhost.errors import Denied, ErrorCode, ProviderError, SynthhostError, UsageError
 from synthhost.steps import StepBoundary, inline_boundary
 from synthhost.storage.models import Run, Span
+from synthhost.tools.toolbox import ToolBox, search_dir
 from synthhost.trace import EventRecord, RunResult, SpanRecord, Status, StepResult, Trace
 
 if TYPE_CHECKING:
@@ -104,6 +106,8 @@ class RunState:
         self, status: str, ended_at: float | None, output: Any, error: SynthhostError | None
     ) -> dict[str, Any]:
         attributes: dict[str, Any] = {"tokens": self.tokens, "calls": sum(s.kind == "call" for s in self.spans)}
+        if tool_calls := sum(s.kind == "tool" for s in self.spans):
+            attributes["tool_calls"] = tool_calls
         if self.priced_calls:
             attributes["cost_usd"] = f"{self.cost:f}"
         if self.unpriced_calls:
@@ -201,6 +205,16 @@ async def _attempts(host: Host, call: Call, chain: Any) -> Response:
         call.stash[_ANSWER] = None
 
 
+def _span_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The params a span records: tool definitions by name only (their schemas would be
+    repeated on every turn of every step)."""
+    tools = params.get("tools")
+    if not isinstance(tools, list):
+        return params
+    names = [t.get("function", {}).get("name") if isinstance(t, dict) else None for t in tools]
+    return {**params, "tools": names}
+
+
 def call_span(call: Call, response: Response | None, error: SynthhostError | None, ended: float) -> SpanRecord:
     attrs: dict[str, Any] = {
         "provider": call.request.provider,
@@ -208,7 +222,7 @@ def call_span(call: Call, response: Response | None, error: SynthhostError | Non
         "requested_model": call.requested_model,
         "requested_provider": call.requested_provider,
         "attempts": call.attempt,
-        "params": call.request.params,
+        "params": _span_params(call.request.params),
         "input": call.request.messages,
     }
     if call.request.region:
@@ -252,7 +266,7 @@ def make_call(
     host: Host, *, model: str, messages: list[dict[str, Any]] | str, workspace: str,
     params: Mapping[str, Any] | None, user: str | None, org: str | None, agent: str | None,
     metadata: Mapping[str, Any] | None, max_attempts: int, run: RunState,
-    parent: str | None = None, step: str | None = None,
+    parent: str | None = None, step: str | None = None, on_delta: Callable[[StreamDelta], None] | None = None,
 ) -> Call:
     provider, name = split_model(model)
     request_metadata = dict(metadata or {})
@@ -265,7 +279,7 @@ def make_call(
                       params=dict(params or {}), metadata=request_metadata)
     return Call(host=host, request=request, workspace=workspace, user=user, org=org, agent=agent,
                 step=step, run_id=run.run_id, trace_id=run.trace_id, parent_span_id=parent,
-                max_attempts=max_attempts, metadata=dict(metadata or {}))
+                max_attempts=max_attempts, metadata=dict(metadata or {}), on_delta=on_delta)
 
 
 async def complete_standalone(host: Host, **kw: Any) -> Response:
@@ -312,7 +326,8 @@ def build_trace(run: RunState, status: str, ended: float, output: Any, error: Sy
 async def run_agent(
     host: Host, spec: AgentSpec, *, inputs: Mapping[str, Any], workspace: str | None,
     user: str | None, org: str | None, on_step: Callable[[int, int, StepResult], None] | None = None,
-    run_id: str | None = None, boundary: StepBoundary | None = None,
+    run_id: str | None = None, on_delta: Callable[[StreamDelta], None] | None = None,
+    boundary: StepBoundary | None = None,
 ) -> RunResult:
     """Run an agent's steps. Each step goes through ``boundary`` (in process: no
     checkpoint; a durable run's makes each step a checkpointed DBOS step)."""
@@ -331,29 +346,36 @@ async def run_agent(
     result = RunResult(run.run_id, run.trace_id, ws, spec.name, "running")
     error: SynthhostError | None = None
     output: str | None = None
+    # The run's tool resources (MCP sessions, an HTTP client), opened by the first step
+    # that needs them; entered around the steps so their cancel scopes unwind in order.
+    toolbox: ToolBox | contextlib.nullcontext[None] = contextlib.nullcontext()
+    if any(spec.uses_loop(s) for s in spec.steps):
+        toolbox = ToolBox(host, search_dir(spec.source), run=run)
     try:
-        for index, step in enumerate(spec.steps, 1):
-            step_result = StepResult(step.name, "running")
-            result.steps.append(step_result)
-            executed = False
+        async with toolbox:
+            for index, step in enumerate(spec.steps, 1):
+                step_result = StepResult(step.name, "running")
+                result.steps.append(step_result)
+                executed = False
 
-            async def body(step: StepSpec = step, step_result: StepResult = step_result) -> dict[str, Any]:
-                nonlocal executed
-                executed = True
-                return await _run_step(host, spec, step, step_result, run, resolved, result.outputs, ws, user, org)
+                async def body(step: StepSpec = step, step_result: StepResult = step_result) -> dict[str, Any]:
+                    nonlocal executed
+                    executed = True
+                    return await _run_step(host, spec, step, step_result, run, resolved, result.outputs, ws, user,
+                                           org, toolbox, on_delta if step is spec.steps[-1] else None)
 
-            try:
-                record = await (boundary or inline_boundary)(run, f"{index}:{step.name}", body)
-                if not executed:  # replayed from a durable run's checkpoint: its rows exist already
-                    restore_step(run, step_result, record)
-            finally:
-                if on_step is not None and step_result.status != "running":
-                    on_step(len(result.steps), len(spec.steps), step_result)
-            if record["error"] is None:
-                output = record["output"]
-                result.outputs[step.output or step.name] = output
-            else:
-                raise SynthhostError(record["error"]["message"], code=record["error"]["code"])
+                try:
+                    record = await (boundary or inline_boundary)(run, f"{index}:{step.name}", body)
+                    if not executed:  # replayed from a durable run's checkpoint: its rows exist already
+                        restore_step(run, step_result, record)
+                finally:
+                    if on_step is not None and step_result.status != "running":
+                        on_step(len(result.steps), len(spec.steps), step_result)
+                if record["error"] is None:
+                    output = record["output"]
+                    result.outputs[step.output or step.name] = output
+                else:
+                    raise SynthhostError(record["error"]["message"], code=record["error"]["code"])
     except SynthhostError as err:
         error = err
     except BaseException:
@@ -373,9 +395,11 @@ async def run_agent(
 async def _run_step(
     host: Host, spec: AgentSpec, step: StepSpec, step_result: StepResult, run: RunState,
     resolved: dict[str, Any], outputs: dict[str, Any], ws: str, user: str | None, org: str | None,
+    toolbox: ToolBox | contextlib.nullcontext[None], on_delta: Callable[[StreamDelta], None] | None,
 ) -> dict[str, Any]:
-    """One step: its span, its call. Returns the step's record (what a durable run
-    checkpoints): output or error, and the spans it added. A cancellation propagates."""
+    """One step: its span, its call (or its agent loop: model turns and tool calls).
+    Returns the step's record (what a durable run checkpoints): output or error, and the
+    spans it added. A cancellation propagates."""
     from synthhost.agent import render_step, step_variables
 
     before = len(run.spans)
@@ -390,15 +414,22 @@ async def _run_step(
             {"role": "user", "content": prompt}]
         model = step.model or spec.model
         step_result.model = model
-        call = make_call(
-            host, model=model, messages=messages, workspace=ws,
-            params={**spec.params, **step.params}, user=user, org=org, agent=spec.name,
-            metadata=spec.metadata, max_attempts=spec.retry.max_attempts, run=run,
-            parent=step_span.span_id, step=step.name,
-        )
-        call.retry_initial_delay_s = spec.retry.initial_delay_s
-        call.retry_max_delay_s = spec.retry.max_delay_s
-        response = await traced_call(host, call, run)
+        def new_call(messages: list[dict[str, Any]], extra: dict[str, Any]) -> Call:
+            call = make_call(
+                host, model=model, messages=messages, workspace=ws,
+                params={**spec.params, **step.params, **extra}, user=user, org=org, agent=spec.name,
+                metadata=spec.metadata, max_attempts=spec.retry.max_attempts, run=run,
+                parent=step_span.span_id, step=step.name, on_delta=on_delta,  # the agent's answer
+            )
+            call.retry_initial_delay_s = spec.retry.initial_delay_s
+            call.retry_max_delay_s = spec.retry.max_delay_s
+            return call
+
+        if isinstance(toolbox, ToolBox) and spec.uses_loop(step):
+            response = await loop_step(host, run, spec, step, toolbox, new_call, messages,
+                                       ws=ws, user=user, org=org, parent=step_span.span_id)
+        else:
+            response = await traced_call(host, new_call(messages, {}), run)
         step_result.status, step_result.output = "ok", response.text
     except SynthhostError as err:
         error = err
@@ -433,6 +464,26 @@ def restore_step(run: RunState, step_result: StepResult, record: dict[str, Any])
     else:
         step_result.error_code, step_result.error_message = error["code"], error["message"]
         step_result.status = "cancelled" if error["code"] == ErrorCode.CANCELLED else "error"
+
+
+async def loop_step(host: Host, run: RunState, spec: AgentSpec, step: Any, toolbox: ToolBox,
+                    new_call: Callable[[list[dict[str, Any]], dict[str, Any]], Call],
+                    messages: list[dict[str, Any]], *, ws: str, user: str | None, org: str | None,
+                    parent: str) -> Response:
+    """A step with tools or an ``output_schema``: the agent loop."""
+    from synthhost.agent_loop import LoopScope, run_tool_loop
+    from synthhost.structured import OutputSchema
+
+    max_turns, schema, retries = spec.loop_for(step)
+    tools = await toolbox.resolve(spec.tools_for(step))
+    output = None
+    if schema is not None:
+        try:
+            output = OutputSchema.from_spec(schema, retries=retries, base_dir=toolbox.base_dir)
+        except ValueError as exc:
+            raise UsageError(f"step {step.name!r}: output_schema: {exc}") from None
+    scope = LoopScope(ws, user, org, spec.name, step.name, parent, spec.metadata)
+    return await run_tool_loop(host, run, scope, new_call, messages, tools=tools, max_turns=max_turns, output=output)
 
 
 async def finish_run(host: Host, run: RunState, root: SpanRecord | None, error: SynthhostError | None,

@@ -2,7 +2,8 @@
 as ``runs`` and ``spans`` rows.
 
 A trace is one run (or one stand-alone ``Host.complete`` call): a root span of kind
-``run``, a ``step`` span per agent step and a ``call`` span per model call. Times are
+``run``, a ``step`` span per agent step, a ``call`` span per model call (one per turn of a step
+that uses tools) and a ``tool`` span per tool call, under its step. Times are
 Unix seconds (float). Attributes are JSON-serialisable and never contain secrets.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-SpanKind = Literal["run", "step", "call"]
+SpanKind = Literal["run", "step", "call", "tool"]
 # ``cancelled``: stopped from outside (Ctrl-C, SIGTERM, a caller's timeout), not failed.
 Status = Literal["ok", "error", "cancelled", "running"]
 

@@ -247,7 +247,7 @@ def test_sandbox_is_immutable() -> None:
         (
             "unknown_field.yaml",
             ":6: steps[0].temprature: unknown field 'temprature' "
-            "(known: name, prompt, system, model, params, output)",
+            "(known: name, prompt, system, model, params, output, tools, max_turns, output_schema, output_retries)",
         ),
         ("missing_field.yaml", ":4: steps[0].prompt: missing required field"),
         (

@@ -9,6 +9,8 @@ from click.testing import CliRunner
 
 from synthhost.cli import cli
 
+DEFAULT_PLUGIN_NAMES = {"echo", "openai", "anthropic", "gemini", "recovery", "scheduler", "retention", "checks"}
+
 
 @pytest.fixture
 def invoke(db_url):
@@ -48,7 +50,7 @@ def test_plugins_lists_distribution_hooks_gate_and_activity(invoke):
     invoke("flags", "set", "track_model_costs", "on", "--workspace", "acme")
     rows = {r["name"]: r for r in json.loads(invoke("plugins", "--workspace", "acme", "--json").output)}
     # The allow-list loaded only `cost` besides the defaults.
-    assert set(rows) == {"echo", "openai", "anthropic", "gemini", "recovery", "scheduler", "retention", "cost"}
+    assert set(rows) == {*DEFAULT_PLUGIN_NAMES, "cost"}
     cost = rows["cost"]
     assert cost["distribution"] == "synthhost-cost" and cost["version"]
     assert cost["gate"] == "track_model_costs" and cost["active"] is True
@@ -59,7 +61,7 @@ def test_plugins_lists_distribution_hooks_gate_and_activity(invoke):
 
 def test_empty_allow_list_loads_no_installed_plugin(invoke):
     rows = json.loads(invoke("plugins", "--json", SYNTHHOST_LOAD_PLUGINS="").output)
-    assert {r["name"] for r in rows} == {"echo", "openai", "anthropic", "gemini", "recovery", "scheduler", "retention"}
+    assert {r["name"] for r in rows} == DEFAULT_PLUGIN_NAMES
 
 
 def test_db_commands(invoke):

@@ -70,7 +70,8 @@ class FakeHost:
         self.opened = 0
 
     async def run(
-        self, spec: AgentSpec, *, inputs: dict[str, Any], workspace: str | None, on_step: Any = None
+        self, spec: AgentSpec, *, inputs: dict[str, Any], workspace: str | None, on_step: Any = None,
+        on_delta: Any = None,
     ) -> RunResult:
         self.runs.append((spec, inputs, workspace))
         if self.outcome == "usage":

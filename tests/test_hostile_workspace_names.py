@@ -3,6 +3,7 @@ are not workspaces, and the global scope needs an explicit --global."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -44,11 +45,22 @@ def test_bad_names(name: str) -> None:
     ["run", "examples/hello.yaml", "--workspace"],
 ])
 def test_the_cli_refuses_names_that_are_not_workspaces(invoke: Any, command: list[str], name: str) -> None:
+    if name == "*" and command[:2] in (["flags", "set"], ["flags", "unset"]):
+        return  # the kill switch (issue 14): test_star_is_the_kill_switch_never_the_global_row
     result = invoke(*command, name)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and "--workspace" in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "workspace" in errors[0]  # click's usage hint, then one error line
+
+
+def test_star_is_the_kill_switch_never_the_global_row(invoke: Any) -> None:
+    forced = invoke("flags", "set", "enable_cron_backoff", "off", "--workspace", "*")
+    assert forced.exit_code == 0 and "every workspace (forced)" in forced.output and "(global)" not in forced.output
+    listed = {f["name"]: f for f in json.loads(invoke("flags", "list", "--workspace", "acme", "--json").output)}
+    assert listed["enable_cron_backoff"]["source"] == "forced"
+    assert "removed" in invoke("flags", "unset", "enable_cron_backoff", "--workspace", "*").output
+    assert "was not set" in invoke("flags", "unset", "enable_cron_backoff", "--global").output
 
 
 def test_the_global_scope_needs_an_explicit_flag(invoke: Any) -> None:

@@ -50,6 +50,9 @@ async def seed(host: Host) -> None:
             await host.complete(model="echo/gpt-4o-mini", messages=f"drill prompt number {i}", workspace="drill",
                                 user="u1", org="o1")
         host.emit("drill_event", workspace="drill", n=1)
+    from synthhost.retention import GLOBAL, set_policy
+
+    set_policy(host.engine, host.registry.retention, "drill", GLOBAL, 90)  # 0005's table has a row too
 
 
 async def test_every_migration_branch_steps_down_and_up_with_data(make_host: Callable[..., Host]) -> None:

@@ -94,6 +94,12 @@ def _attach() -> None:
 
     cli.add_command(serve_command, "serve")
     cli.add_command(keys_command, "keys")
+    from synthhost.cli.check import check_command
+
+    cli.add_command(check_command, "check")
+    from synthhost.cli.retention import retention_command
+
+    cli.add_command(retention_command, "retention")
     # Plugin commands: the same plugin set a host would load.
     # Plugin commands come from the same plugin set a host would load (allow-list
     # honoured), even under tests: commands are inert until invoked.

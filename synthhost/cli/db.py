@@ -73,25 +73,27 @@ def current() -> None:
               help="Rows per delete transaction.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per table.")
 def prune(dry_run: bool, batch: int, as_json: bool) -> None:
-    """Delete log rows older than their retention (SYNTHHOST_RETENTION_DAYS,
-    SYNTHHOST_RETENTION_<TABLE>_DAYS), in small batches, from every table the host and the
-    installed plugins declare."""
+    """Delete log rows older than their retention (``synthhost retention``,
+    SYNTHHOST_RETENTION_DAYS, SYNTHHOST_RETENTION_<TABLE>_DAYS), in small batches, from every
+    table the host and the installed plugins declare."""
     import json
 
-    from synthhost.retention import configured
+    from synthhost.retention import GLOBAL
     from synthhost.retention import prune as run_prune
 
     with cli_host() as host:
         specs = host.registry.retention
-        if not configured(host.settings.env, specs) and not as_json:
-            click.echo("no retention configured (SYNTHHOST_RETENTION_DAYS or SYNTHHOST_RETENTION_<TABLE>_DAYS); "
-                       f"declared tables: {', '.join(sorted(specs))}")
+        results = run_prune(host.engine, host.settings.env, specs, batch=batch, dry_run=dry_run)
+        if not results and not as_json:
+            click.echo("no retention configured (synthhost retention set, SYNTHHOST_RETENTION_DAYS or "
+                       f"SYNTHHOST_RETENTION_<TABLE>_DAYS); declared tables: {', '.join(sorted(specs))}")
             return
-        for result in run_prune(host.engine, host.settings.env, specs, batch=batch, dry_run=dry_run):
+        for result in results:
             if as_json:
-                click.echo(json.dumps({"table": result.table, "days": result.days, "rows": result.rows,
-                                       "dry_run": result.dry_run, "seconds": result.seconds}))
+                click.echo(json.dumps({"table": result.table, "workspace": result.workspace, "days": result.days,
+                                       "rows": result.rows, "dry_run": result.dry_run, "seconds": result.seconds}))
             else:
                 verb = "would delete" if dry_run else "deleted"
-                click.echo(f"{result.table}: {verb} {result.rows} rows older than {result.days:g} days "
+                who = "" if result.workspace == GLOBAL else f" (workspace {result.workspace})"
+                click.echo(f"{result.table}{who}: {verb} {result.rows} rows older than {result.days:g} days "
                            f"({result.seconds:.2f} s)")

@@ -9,8 +9,20 @@ import os
 import click
 
 from synthhost.cli.context import cli_host
-from synthhost.cli.types import WORKSPACE, scope_of
+from synthhost.cli.types import WORKSPACE, WorkspaceName, scope_of
 from synthhost.errors import UsageError
+
+EVERY = "*"
+
+
+class WorkspaceOrEvery(WorkspaceName):
+    """A workspace name, or ``'*'``: every workspace, over their own rows (the kill switch)."""
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return EVERY if value == EVERY else super().convert(value, param, ctx)
+
+
+WORKSPACE_OR_EVERY = WorkspaceOrEvery()
 
 
 @click.group()
@@ -46,25 +58,29 @@ def _parse_bool(value: str) -> bool:
 @flags.command("set")
 @click.argument("name")
 @click.argument("value", default="on")
-@click.option("--workspace", "-w", type=WORKSPACE, help="Set for one workspace.")
+@click.option("--workspace", "-w", type=WORKSPACE_OR_EVERY,
+              help="Set for one workspace; '*': every workspace, over their own rows (the kill switch).")
 @click.option("--global", "is_global", is_flag=True, help="Set the global row (every workspace without its own).")
 def set_flag(name: str, value: str, workspace: str | None, is_global: bool) -> None:
-    """Set NAME to VALUE (on/off, default on) for --workspace W or --global."""
+    """Set NAME to VALUE (on/off, default on) for --workspace W or --global. ``--workspace
+    '*'`` forces VALUE in every workspace, whatever their own rows say, until ``flags unset
+    NAME --workspace '*'``; running processes follow within the flag refresh bound."""
     enabled = _parse_bool(value)
     workspace = scope_of(workspace, is_global)
     with cli_host() as host:
-        host.flags.set(name, enabled, workspace=workspace, actor=os.environ.get("USER"))
-    scope = f"workspace {workspace}" if workspace else "global"
+        host.flags.set(name, enabled, workspace=workspace, actor=os.environ.get("USER"), force=workspace == EVERY)
+    scope = "every workspace (forced)" if workspace == EVERY else f"workspace {workspace}" if workspace else "global"
     click.echo(f"{name} = {'on' if enabled else 'off'} ({scope})")
 
 
 @flags.command("unset")
 @click.argument("name")
-@click.option("--workspace", "-w", type=WORKSPACE, help="Remove the workspace's row.")
+@click.option("--workspace", "-w", type=WORKSPACE_OR_EVERY,
+              help="Remove the workspace's row; '*': lift the kill switch.")
 @click.option("--global", "is_global", is_flag=True, help="Remove the global row.")
 def unset_flag(name: str, workspace: str | None, is_global: bool) -> None:
     """Remove a row, so the next level (global, then default) applies."""
     workspace = scope_of(workspace, is_global)
     with cli_host() as host:
-        removed = host.flags.unset(name, workspace=workspace)
+        removed = host.flags.unset(name, workspace=workspace, force=workspace == EVERY)
     click.echo(f"{name}: {'removed' if removed else 'was not set'} ({workspace or 'global'})")

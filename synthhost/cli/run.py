@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
     from synthhost.agent import AgentSpec
+    from synthhost.call import StreamDelta
     from synthhost.host import Host
     from synthhost.trace import RunResult, StepResult
 
@@ -85,13 +86,15 @@ async def execute(
     inputs: Mapping[str, Any],
     workspace: str | None,
     on_step: Callable[[int, int, StepResult], None] | None = None,
+    on_delta: Callable[[StreamDelta], None] | None = None,
 ) -> RunResult:
-    """Open a host, check the agent's providers against it, and run the agent."""
-    from synthhost.agent import check_providers
+    """Open a host, check the agent's providers and tools against it, and run the agent."""
+    from synthhost.agent import check_providers, check_tools
 
     async with _open_host() as host:
         check_providers(spec, host.registry.providers, spec.source)
-        return await host.run(spec, inputs=dict(inputs), workspace=workspace, on_step=on_step)
+        check_tools(spec, host, spec.source)
+        return await host.run(spec, inputs=dict(inputs), workspace=workspace, on_step=on_step, on_delta=on_delta)
 
 
 @click.command("run")
@@ -114,6 +117,12 @@ async def execute(
     default=None,
     help="A line per step on stderr (default: when stderr is a terminal).",
 )
+@click.option(
+    "--stream/--no-stream",
+    "stream_option",
+    default=None,
+    help="Print the answer as it is generated (default: when stdout is a terminal).",
+)
 @click.pass_context
 def run_command(
     ctx: click.Context,
@@ -124,6 +133,7 @@ def run_command(
     progress: bool | None,
     durable: bool,
     wait_done: bool,
+    stream_option: bool | None,
 ) -> None:
     """Run an agent file's steps through the plugin chain and print the result.
 
@@ -153,11 +163,21 @@ def run_command(
         if progress and not as_json:  # live: each line as its step ends
             click.echo(format_step_line(index, total, step, width), err=True)
 
+    # On a terminal the answer is printed as it streams; piped, it is printed once, whole.
+    streamed: list[str] = []
+
+    def show_delta(delta: StreamDelta) -> None:
+        if delta.text:
+            streamed.append(delta.text)
+            click.echo(delta.text, nl=False)
+
+    stream = not as_json and (_isatty(sys.stdout) if stream_option is None else stream_option)
+
     async def main() -> RunResult | SynthhostError:
         # Errors come back as values: raised inside the runner's task group they would
         # surface wrapped in an ExceptionGroup.
         try:
-            return await execute(spec, inputs, workspace, show_step)
+            return await execute(spec, inputs, workspace, show_step, show_delta if stream else None)
         except SynthhostError as exc:
             return exc
 
@@ -173,8 +193,10 @@ def run_command(
         click.echo(json.dumps(result.to_dict()))
     elif progress:
         click.echo(format_summary(result), err=True)
+    if streamed:
+        click.echo("")  # end the streamed line
     if result.ok:
-        if not as_json:
+        if not as_json and not streamed:
             click.echo(result.output or "")
         ctx.exit(0)
     click.echo(error_line(result), err=True)

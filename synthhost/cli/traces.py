@@ -84,6 +84,10 @@ def show(run_id: str, workspace: str) -> None:
                 extra = f" tokens={usage.get('total_tokens', 0)} attempts={attrs.get('attempts')}"
                 if attrs.get("cost_usd") is not None:
                     extra += f" cost=${attrs['cost_usd']}"
+                if attrs.get("turn") is not None:
+                    extra = f" turn={attrs['turn']}" + extra
+            elif s["kind"] == "tool":
+                extra = f" source={attrs.get('source')}"
             err = f" {s['error_code']}" if s["error_code"] else ""
             click.echo(f"{'  ' * depth}- {s['kind']} {s['name']} {s['status']} {s['duration_ms']}ms{extra}{err}")
             walk(str(s["span_id"]), depth + 1)

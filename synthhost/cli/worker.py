@@ -114,14 +114,13 @@ def _durable_installed() -> bool:
 
 
 def _start_pruning(host: Any) -> threading.Event:
-    """Prune past-retention rows every SYNTHHOST_RETENTION_INTERVAL_S (3600) in a thread,
-    when a retention is configured (see synthhost.retention). Returns its stop event."""
-    from synthhost.retention import configured, prune
+    """Prune past-retention rows every SYNTHHOST_RETENTION_INTERVAL_S (3600) in a thread
+    (see synthhost.retention; the rows are read at every pass, so ``synthhost retention
+    set`` applies without a restart). Returns its stop event."""
+    from synthhost.retention import GLOBAL, prune
 
     stop = threading.Event()
     env = host.settings.env
-    if not configured(env, host.registry.retention):
-        return stop
     raw = env.get("SYNTHHOST_RETENTION_INTERVAL_S") or "3600"
     try:
         interval = float(raw)
@@ -135,8 +134,8 @@ def _start_pruning(host: Any) -> threading.Event:
             try:
                 for result in prune(host.engine, env, host.registry.retention):
                     if result.rows:
-                        log.info("retention: deleted %d rows of %s older than %g days",
-                                 result.rows, result.table, result.days)
+                        log.info("retention: deleted %d rows of %s%s older than %g days", result.rows, result.table,
+                                 "" if result.workspace == GLOBAL else f" (workspace {result.workspace})", result.days)
                         host.stats[f"retention_pruned.{result.table}"] += result.rows
             except Exception as exc:  # the database may be away: try at the next interval
                 log.warning("retention: prune failed: %s: %s", type(exc).__name__, exc)

@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from synthhost.gateway import chat, errors, health, metrics, traces_api
 from synthhost.gateway.admin_api import Admin
+from synthhost.gateway.console import console_routes
 from synthhost.gateway.keys import KeyCache
 from synthhost.gateway.plugin_api import InvalidBody
 from synthhost.gateway.runs_api import Runs
@@ -186,7 +187,7 @@ def create_app(host: Host) -> Starlette:
     ]
     taken = {r.path for r in routes}
     for spec in host.registry.routes.values():
-        if spec.path in taken:
+        if spec.path in taken or spec.path == "/ui" or spec.path.startswith("/ui/"):  # the console's
             from synthhost.registry import RegistrationError
 
             raise RegistrationError(f"plugin {spec.plugin!r}: route {spec.path!r} is the gateway's own")
@@ -214,7 +215,7 @@ def create_app(host: Host) -> Starlette:
         return errors.error_response(405, "method not allowed", type="invalid_request_error",
                                      code="method_not_allowed")
 
-    app = Starlette(routes=routes, lifespan=lifespan,
+    app = Starlette(routes=[*routes, *console_routes(host, keys, guarded)], lifespan=lifespan,
                     exception_handlers={404: not_found, 405: method_not_allowed})
     app.state.host = host
     app.state.metrics = host_metrics

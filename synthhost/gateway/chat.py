@@ -1,8 +1,10 @@
 """``POST /v1/chat/completions`` and ``GET /v1/models``, in OpenAI's wire format.
 
-The host has no streaming provider API yet: with ``stream: true`` the call runs through
-the whole chain (so guardrails see the whole answer before any of it is sent), then the
-answer is sent as ``chat.completion.chunk`` events, a word group at a time.
+With ``stream: true`` the call runs through the whole chain (so output guardrails see the
+whole answer before any of it is sent: the providers' own streaming, ``Host.stream``, is
+not used here on purpose), then the answer is sent as ``chat.completion.chunk`` events,
+a word group at a time, and tool calls one chunk each. Tool calls in a non-streamed
+answer come back in ``message.tool_calls``, as OpenAI sends them.
 """
 
 from __future__ import annotations
@@ -79,11 +81,14 @@ def usage_dict(response: HostResponse) -> dict[str, Any]:
 
 
 def completion(response: HostResponse, model: str, completion_id: str, created: int) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": response.text, "refusal": None}
+    if response.tool_calls:  # the caller sent tools: the model's calls go back to it
+        message["content"] = response.text or None
+        message["tool_calls"] = [t.to_message() for t in response.tool_calls]
     return {
         "id": completion_id, "object": "chat.completion", "created": created, "model": model,
         "system_fingerprint": None,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": response.text, "refusal": None},
-                     "logprobs": None, "finish_reason": response.finish_reason}],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": response.finish_reason}],
         "usage": usage_dict(response),
     }
 
@@ -115,6 +120,9 @@ async def sse(response: HostResponse, model: str, completion_id: str, created: i
                   "finish_reason": None}])
     for piece in pieces(response.text):
         yield event([{"index": 0, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}])
+    for index, call in enumerate(response.tool_calls):
+        delta = {"tool_calls": [{"index": index, **call.to_message()}]}
+        yield event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
     yield event([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": response.finish_reason}])
     if include_usage:
         yield event([], usage_dict(response))

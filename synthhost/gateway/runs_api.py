@@ -95,7 +95,7 @@ class Runs:
     # -- the spec ---------------------------------------------------------------------
 
     def _spec(self, body: dict[str, Any]) -> AgentSpec:
-        from synthhost.agent import check_providers, load_agent, parse_agent
+        from synthhost.agent import check_providers, check_tools, load_agent, parse_agent
         from synthhost.errors import UsageError
 
         name, inline = body.get("agent"), body.get("spec")
@@ -114,7 +114,9 @@ class Runs:
         else:
             text = inline if isinstance(inline, str) else json.dumps(inline)
             spec = parse_agent(text, "spec")
+            _refuse_host_side_code(spec)
         check_providers(spec, self.host.registry.providers, spec.source)
+        check_tools(spec, self.host, spec.source)
         return spec
 
     @staticmethod
@@ -307,3 +309,22 @@ class Runs:
                 await next(iter(self.live.values())).changed.wait()
         for live in list(self.live.values()):
             live.scope.cancel()
+
+
+def _refuse_host_side_code(spec: AgentSpec) -> None:
+    """An agent sent over HTTP may name registered tools only: a ``python:`` or ``mcp:``
+    entry would run code on the server, an ``http:`` entry would send the server's
+    environment to hosts the caller picks, and an ``output_schema`` reference imports
+    a module. Agents in SYNTHHOST_AGENTS_DIR are the operator's, and may."""
+    from synthhost.errors import UsageError
+
+    steps = [("", spec.tools, spec.output_schema)] + [
+        (f"steps[{i}].", s.tools or [], s.output_schema) for i, s in enumerate(spec.steps)]
+    for prefix, tools, schema in steps:
+        for j, tool in enumerate(tools):
+            if tool.source != "plugin":
+                raise UsageError(f"spec: {prefix}tools[{j}]: {tool.source} tools are refused in an agent sent "
+                                 "over HTTP (use a registered tool, or an agent in SYNTHHOST_AGENTS_DIR)")
+        if isinstance(schema, str):
+            raise UsageError(f"spec: {prefix}output_schema: a 'module:Model' reference is refused in an agent "
+                             "sent over HTTP (give the JSON Schema itself)")

@@ -35,6 +35,7 @@ _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "t
 
 
 class AnthropicProvider(HTTPProvider):
+    supports_tools = False  # no tool calling yet: the agent loop refuses tools here
     kind = "anthropic"
     price_provider = "anthropic"
 

@@ -32,6 +32,7 @@ _STOP = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RE
 
 
 class GeminiProvider(HTTPProvider):
+    supports_tools = False  # no tool calling yet: the agent loop refuses tools here
     kind = "gemini"
     price_provider = "google"
 

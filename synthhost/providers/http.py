@@ -115,23 +115,8 @@ class HTTPProvider:
         started = time.perf_counter()
         try:
             reply = await self._client.post(f"{self.base_url}{path}", json=body)
-        except httpx.TimeoutException as exc:
-            raise ProviderError(
-                f"{label}: timed out after {self.timeout:g}s ({type(exc).__name__})",
-                code=ErrorCode.PROVIDER_TIMEOUT, retryable=True,
-            ) from None
-        except httpx.UnsupportedProtocol as exc:
-            raise ProviderError(
-                f"{label}: bad base URL {self._server}: {self.clean(str(exc))}",
-                code=ErrorCode.PROVIDER_ERROR, retryable=False,
-            ) from None
         except httpx.TransportError as exc:
-            # Connection refused, reset, DNS failure, protocol error: worth another try.
-            # ``from None``: the httpx exception holds the request, headers and all.
-            raise ProviderError(
-                f"{label}: cannot reach {self._server}: {type(exc).__name__}: {self.clean(str(exc))}",
-                code=ErrorCode.PROVIDER_ERROR, retryable=True,
-            ) from None
+            raise self.transport_error(exc, label) from None
         latency = time.perf_counter() - started
         if reply.status_code >= 400:
             raise self.http_error(reply, label)
@@ -146,6 +131,19 @@ class HTTPProvider:
         return response
 
     # -- helpers -------------------------------------------------------------------------
+
+    def transport_error(self, exc: httpx.TransportError, label: str) -> ProviderError:
+        """The error for a request that got no HTTP answer. (Raise it ``from None``: the
+        httpx exception holds the request, headers and all.)"""
+        if isinstance(exc, httpx.TimeoutException):
+            return ProviderError(f"{label}: timed out after {self.timeout:g}s ({type(exc).__name__})",
+                                 code=ErrorCode.PROVIDER_TIMEOUT, retryable=True)
+        if isinstance(exc, httpx.UnsupportedProtocol):
+            return ProviderError(f"{label}: bad base URL {self._server}: {self.clean(str(exc))}",
+                                 code=ErrorCode.PROVIDER_ERROR, retryable=False)
+        # Connection refused, reset, DNS failure, protocol error: worth another try.
+        return ProviderError(f"{label}: cannot reach {self._server}: {type(exc).__name__}: {self.clean(str(exc))}",
+                             code=ErrorCode.PROVIDER_ERROR, retryable=True)
 
     def clean(self, text: str) -> str:
         """One line, bounded, and never the key (servers sometimes echo it back)."""

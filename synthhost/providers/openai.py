@@ -17,12 +17,15 @@ carry the server's own message and never the API key.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from synthhost.call import Request, Response, Usage
+from synthhost.call import Request, Response, ToolCallRequest, Usage
+from synthhost.errors import ErrorCode, ProviderError
 from synthhost.providers.http import (
     HTTPProvider,
     check_base_url,
@@ -31,8 +34,10 @@ from synthhost.providers.http import (
     server_message,
     to_int,
 )
+from synthhost.providers.streaming import StreamAssembler
 
 if TYPE_CHECKING:
+    from synthhost.call import Call
     from synthhost.host import Host
 
 __all__ = ["DEFAULT_BASE_URL", "OpenAIProvider", "factory", "parse_retry_after", "parse_usage", "server_message"]
@@ -57,6 +62,9 @@ PASSTHROUGH_PARAMS = frozenset(
         "reasoning_effort",
         "service_tier",
         "user",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
     }
 )
 
@@ -64,6 +72,8 @@ PASSTHROUGH_PARAMS = frozenset(
 class OpenAIProvider(HTTPProvider):
     """``complete(request, *, call)`` posts ``request.messages`` to
     ``{base_url}/chat/completions`` as ``request.model`` and returns the first choice."""
+
+    supports_tools = True
 
     kind = "openai"
 
@@ -93,6 +103,35 @@ class OpenAIProvider(HTTPProvider):
     def request_for(self, request: Request) -> tuple[str, dict[str, Any]]:
         return "/chat/completions", self.build_body(request)
 
+    async def complete(self, request: Request, *, call: Call) -> Response:
+        """With ``call.on_delta`` set, stream (``stream: true``, usage included) and pass
+        text and tool-call deltas on as they arrive; either way return the whole answer."""
+        if call.on_delta is None:
+            return await super().complete(request, call=call)
+        path, body = self.request_for(request)
+        body.update(stream=True, stream_options={"include_usage": True})
+        label = f"{request.provider}/{request.model}"
+        started = time.perf_counter()
+        assembler = StreamAssembler(call.on_delta)
+        try:
+            async with self._client.stream("POST", f"{self.base_url}{path}", json=body,
+                                           headers={"Accept": "text/event-stream"}) as reply:
+                if reply.status_code >= 400:
+                    await reply.aread()
+                    raise self.http_error(reply, label)
+                async for line in reply.aiter_lines():
+                    if not assembler.feed_line(line):
+                        break
+        except httpx.TransportError as exc:
+            raise self.transport_error(exc, label) from None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ProviderError(f"{label}: an unreadable event in the stream", code=ErrorCode.PROVIDER_ERROR,
+                                retryable=False) from None
+        response = assembler.response(model=request.model, provider=self.price_provider or request.provider,
+                                      usage=parse_usage)
+        response.latency_s = time.perf_counter() - started
+        return response
+
     def parse(self, data: Any, request: Request) -> Response:
         choice = data["choices"][0]
         message = choice.get("message") or {}
@@ -106,7 +145,21 @@ class OpenAIProvider(HTTPProvider):
             usage=parse_usage(data.get("usage")),
             finish_reason=str(choice.get("finish_reason") or "stop"),
             raw=data,
+            tool_calls=parse_tool_calls(message.get("tool_calls")),
         )
+
+
+def parse_tool_calls(items: Any) -> list[ToolCallRequest]:
+    """``message.tool_calls`` → :class:`ToolCallRequest` list (function calls only)."""
+    calls: list[ToolCallRequest] = []
+    for item in items if isinstance(items, list) else ():
+        function = item.get("function") if isinstance(item, Mapping) else None
+        if not isinstance(function, Mapping) or not function.get("name"):
+            continue
+        arguments = function.get("arguments")
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments or {})
+        calls.append(ToolCallRequest(str(item.get("id") or f"call_{len(calls) + 1}"), str(function["name"]), text))
+    return calls
 
 
 def parse_usage(usage: Any) -> Usage:

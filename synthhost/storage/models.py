@@ -139,6 +139,22 @@ class ApiKey(SQLModel, table=True):
     )
 
 
+class RetentionPolicy(SQLModel, table=True):
+    """Days to keep a table's rows for a workspace (``synthhost retention``).
+    ``workspace_id = '*'``: every workspace without its own row; ``table_name = '*'``:
+    every declared table without its own row; ``days`` NULL: keep forever."""
+
+    __tablename__ = "retention_policies"
+    __table_args__ = (sa.UniqueConstraint("workspace_id", "table_name", name="uq_retention_policies"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    workspace_id: str = Field(max_length=200)
+    table_name: str = Field(max_length=200)
+    days: float | None = None
+    updated_by: str | None = Field(default=None, max_length=200)
+    updated_at: datetime = ts_column()
+
+
 class DurableWorker(SQLModel, table=True):
     """A ``synthhost worker`` executing durable runs: its DBOS executor id and its last
     heartbeat. A live worker hands the runs of one silent past the TTL to the queue

@@ -14,6 +14,7 @@ kinds found (never the text). ``exception`` denies with ``GUARDRAIL_VIOLATION``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import weakref
@@ -26,6 +27,7 @@ import anyio
 from synthhost import hookimpl
 from synthhost.errors import Denied, ErrorCode
 from synthhost.registry import RegisterFlag, RegisterGate, RegisterHealthCheck, RegisterMigrations, RegisterRoute, Stage
+from synthhost.tools import ToolCall, ToolResult
 from synthhost_guardrails.engine import Outcome, Violation, check_input, check_output
 
 if TYPE_CHECKING:
@@ -93,7 +95,8 @@ def register_flags(register: RegisterFlag) -> None:
 
 @hookimpl
 def register_gate(register: RegisterGate) -> None:
-    register(FLAG, order={"pre_call": Stage.GUARD_INPUT, "post_call": Stage.GUARD_OUTPUT}, fail_closed=True)
+    register(FLAG, order={"pre_call": Stage.GUARD_INPUT, "post_call": Stage.GUARD_OUTPUT,
+                          "pre_tool": Stage.GUARD_INPUT, "post_tool": Stage.GUARD_OUTPUT}, fail_closed=True)
 
 
 @hookimpl
@@ -146,7 +149,7 @@ def shutdown(host: Host) -> None:
 # -- the call ----------------------------------------------------------------------------------
 
 
-def _pipeline(call: Call) -> Pipeline:
+def _pipeline(call: Call | ToolCall) -> Pipeline:
     pipeline = runtime(call.host).pipeline_for(call.workspace)
     if pipeline.error:
         raise Denied(ErrorCode.PLUGIN_ERROR, pipeline.error, plugin="guardrails", set=pipeline.label)
@@ -180,11 +183,57 @@ def post_call(call: Call, response: Response) -> Awaitable[None] | None:
     return None
 
 
+@hookimpl
+def pre_tool(tool: ToolCall) -> Awaitable[None] | None:
+    """The input validators over a tool call's arguments (as JSON text): a fix that still
+    parses as an object replaces them, an ``exception`` blocks the call."""
+    pipeline = _pipeline(tool)
+    if not pipeline.input:
+        return None
+    messages = [{"role": "user", "content": json.dumps(tool.args, ensure_ascii=False)}]
+    if pipeline.input_threaded:
+        return _in_thread(tool, pipeline, lambda: check_input(pipeline, messages), _apply_args)
+    _apply_args(tool, pipeline, check_input(pipeline, messages))
+    return None
+
+
+@hookimpl
+def post_tool(tool: ToolCall, result: ToolResult) -> Awaitable[None] | None:
+    """The output validators over a tool's result, before the model reads it (the
+    default guard set masks secrets)."""
+    pipeline = _pipeline(tool)
+    if not pipeline.output:
+        return None
+    if pipeline.output_threaded:
+        return _in_thread(tool, pipeline, lambda: check_output(pipeline, result.content),
+                          lambda c, p, o: _apply_result(c, p, o, result))
+    _apply_result(tool, pipeline, check_output(pipeline, result.content), result)
+    return None
+
+
+def _apply_args(tool: Any, pipeline: Pipeline, outcome: Outcome) -> None:
+    if outcome.messages is not None:
+        try:
+            fixed = json.loads(outcome.messages[0]["content"])
+        except ValueError:
+            fixed = None
+        if isinstance(fixed, dict):
+            tool.args = fixed
+    _settle(tool, pipeline, outcome)
+
+
+def _apply_result(tool: Any, pipeline: Pipeline, outcome: Outcome, result: ToolResult) -> None:
+    if outcome.text is not None:
+        result.content = outcome.text
+        result.value = None  # the tool's own value still holds the unfixed data
+    _settle(tool, pipeline, outcome)
+
+
 async def _in_thread(
-    call: Call,
+    call: Any,
     pipeline: Pipeline,
     check: Callable[[], Outcome],
-    apply: Callable[[Call, Pipeline, Outcome], None],
+    apply: Callable[[Any, Pipeline, Outcome], None],
 ) -> None:
     outcome = await anyio.to_thread.run_sync(check)
     apply(call, pipeline, outcome)
@@ -206,7 +255,7 @@ def _apply_output(call: Call, pipeline: Pipeline, outcome: Outcome, response: Re
 _STATUS = {"exception": "blocked", "fix": "fixed", "warn": "warning", "noop": "noop"}
 
 
-def _settle(call: Call, pipeline: Pipeline, outcome: Outcome) -> None:
+def _settle(call: Call | ToolCall, pipeline: Pipeline, outcome: Outcome) -> None:
     if not outcome.violations:
         return
     record(call, pipeline, outcome.violations)
@@ -215,15 +264,16 @@ def _settle(call: Call, pipeline: Pipeline, outcome: Outcome) -> None:
         raise Denied(ErrorCode.GUARDRAIL_VIOLATION, denied.describe(), set=pipeline.label, **denied.to_dict())
 
 
-def record(call: Call, pipeline: Pipeline, violations: list[Violation]) -> None:
+def record(call: Call | ToolCall, pipeline: Pipeline, violations: list[Violation]) -> None:
     """Span attributes (added to, never replaced) and one event per violation."""
     attrs = call.attributes
     attrs["guardrails.set"] = pipeline.label
     seen = attrs.setdefault("guardrails.violations", [])
+    where = {"turn": call.turn} if isinstance(call, ToolCall) else {"attempt": call.attempt}
     for v in violations:
         data = v.to_dict()
         status = "blocked" if v.unfixed else _STATUS[v.on_fail]
-        call.emit(EVENT, status=status, set=pipeline.label, attempt=call.attempt, **data)
+        call.emit(EVENT, status=status, set=pipeline.label, **where, **data)
         if data not in seen:  # pre_call runs again on a retry
             seen.append(data)
         if v.on_fail == "warn":

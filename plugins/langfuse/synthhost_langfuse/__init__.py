@@ -31,7 +31,13 @@ if TYPE_CHECKING:
     import click
 
     from synthhost.host import Host
-    from synthhost.registry import RegisterExporter, RegisterFlag, RegisterGate, RegisterHealthCheck
+    from synthhost.registry import (
+        RegisterCheck,
+        RegisterExporter,
+        RegisterFlag,
+        RegisterGate,
+        RegisterHealthCheck,
+    )
     from synthhost.trace import Trace
     from synthhost_langfuse.exporter import LangfuseExporter
 
@@ -105,6 +111,13 @@ def register_exporters(register: RegisterExporter) -> None:
 @hookimpl
 def register_health_checks(register: RegisterHealthCheck) -> None:
     register(PLUGIN, _health)
+
+
+@hookimpl
+def register_checks(register: RegisterCheck) -> None:
+    from synthhost_langfuse.checks import delivery
+
+    register(PLUGIN, delivery, phase=2)
 
 
 @hookimpl

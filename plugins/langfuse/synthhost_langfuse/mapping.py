@@ -331,7 +331,7 @@ class _Builder:
             root = self.observation(run_span, None, "agent" if t.agent else "span")
         elif len(orphans) == 1 and not [s for s in spans if s is not orphans[0] and s.parent_id is None]:
             only = orphans[0]
-            root = self.observation(only, None, "generation" if only.kind == "call" else "span")
+            root = self.observation(only, None, _as_type(only))
         else:  # several parentless spans (or none): a synthetic root for the run
             root = Observation(t.run_id, span_id_for(t.run_id, self.taken), None,
                                "agent" if t.agent else "span", self.r.short(t.name or t.run_id, 200),
@@ -349,12 +349,12 @@ class _Builder:
                 if parent is None and span.parent_id in known and span.parent_id != root.key:
                     rest.append(span)  # its parent comes later
                     continue
-                as_type = "generation" if span.kind == "call" else "span"
+                as_type = _as_type(span)
                 self.add(self.observation(span, parent or root.key, as_type))
                 progressed = True
             if not progressed:  # a cycle or a dropped parent: hang the rest off the root
                 for span in rest:
-                    self.add(self.observation(span, root.key, "generation" if span.kind == "call" else "span"))
+                    self.add(self.observation(span, root.key, _as_type(span)))
                 break
             pending = rest
 
@@ -390,6 +390,14 @@ class _Builder:
             observations=self.observations,
             dropped=self.dropped,
         )
+
+
+# A model call is a Langfuse generation, a tool call a tool observation, anything else a span.
+_AS_TYPE = {"call": "generation", "tool": "tool"}
+
+
+def _as_type(span: SpanRecord) -> str:
+    return _AS_TYPE.get(span.kind, "span")
 
 
 def plan_trace(trace: Trace, redactor: Redactor, *, max_observations: int = 1000) -> TracePlan:

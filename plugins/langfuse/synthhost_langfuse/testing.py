@@ -4,7 +4,9 @@
 port, or a given one to bring a "down" endpoint back) that accepts ``POST
 /api/public/otel/v1/traces``, gunzips, decodes the ``ExportTraceServiceRequest``
 protobuf and keeps every span with its resource, scope and attributes. It can answer
-scripted statuses (``fail_next(503, 2)``, ``mode = 503``) and be slow (``delay_s``)::
+scripted statuses (``fail_next(503, 2)``, ``mode = 503``) and be slow (``delay_s``).
+``GET /api/public/projects`` (the SDK's ``auth_check``) answers the key pair's project:
+any Basic-auth pair is accepted unless ``secret_keys`` names the accepted secrets::
 
     with LangfuseReceiver() as rx:
         env = {"LANGFUSE_BASE_URL": rx.url, **rx.keys()}
@@ -14,6 +16,7 @@ scripted statuses (``fail_next(503, 2)``, ``mode = 503``) and be slow (``delay_s
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import threading
@@ -81,6 +84,7 @@ class LangfuseReceiver:
     def __init__(self, *, status: int = 200, port: int = 0) -> None:
         self.mode = status  # the answer when nothing is scripted
         self.delay_s = 0.0
+        self.secret_keys: set[str] | None = None  # None: any key pair is accepted
         self.requests: list[ReceivedRequest] = []  # every request, accepted or not
         self._script: list[int] = []
         self._lock = threading.RLock()  # predicates read state while wait_for holds it
@@ -97,6 +101,9 @@ class LangfuseReceiver:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 receiver._handle(self, body)
+
+            def do_GET(self) -> None:
+                receiver._projects(self)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
@@ -187,6 +194,34 @@ class LangfuseReceiver:
         handler.send_header("Content-Length", str(len(payload)))
         handler.end_headers()
         handler.wfile.write(payload)
+
+
+    def _projects(self, handler: BaseHTTPRequestHandler) -> None:
+        """Langfuse's ``GET /api/public/projects``: the project of the Basic-auth keys."""
+        auth = handler.headers.get("Authorization") or ""
+        try:
+            public, _, secret = base64.b64decode(auth.removeprefix("Basic ")).decode().partition(":")
+        except ValueError:
+            public = secret = ""
+        payload: dict[str, Any]
+        if handler.path.split("?")[0] != "/api/public/projects":
+            status, payload = 404, {"message": "Not found"}
+        elif not (auth.startswith("Basic ") and public and secret) or (
+                self.secret_keys is not None and secret not in self.secret_keys):
+            status, payload = 401, {"message": "Invalid credentials. Confirm that you've configured the correct host."}
+        else:
+            status, payload = 200, {"data": [{"id": f"project-{public}", "name": "loopback", "metadata": {},
+                                              "organization": {"id": "org-1", "name": "loopback"}}]}
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        with self._cond:
+            self.requests.append(ReceivedRequest(handler.path, headers, 0, status, []))
+            self._cond.notify_all()
+        body = json.dumps(payload).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
 
 
 def _decode(request: ExportTraceServiceRequest) -> list[ReceivedSpan]:

@@ -11,20 +11,21 @@ from __future__ import annotations
 import os
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
 from synthhost import hookimpl
+from synthhost.call import Call
 from synthhost.errors import Denied, ErrorCode
 from synthhost.registry import RegisterFlag, RegisterGate, RegisterHealthCheck, RegisterMigrations, RegisterRoute, Stage
+from synthhost.tools import ToolCall
 from synthhost_policy.document import GLOBAL, PolicySet, load_policy_file, parse_policy
 from synthhost_policy.engine import Outcome, evaluate
 
 if TYPE_CHECKING:
     import click
 
-    from synthhost.call import Call
     from synthhost.host import Host
     from synthhost_policy.policy_runtime import PolicyRuntime
     from synthhost_policy.store import ApplyResult
@@ -64,7 +65,7 @@ def register_flags(register: RegisterFlag) -> None:
 @hookimpl
 def register_gate(register: RegisterGate) -> None:
     # A crash here cannot tell whether the call should have been blocked: deny it.
-    register(FLAG, order={"pre_call": Stage.POLICY}, fail_closed=True)
+    register(FLAG, order={"pre_call": Stage.POLICY, "pre_tool": Stage.POLICY}, fail_closed=True)
 
 
 @hookimpl
@@ -125,6 +126,23 @@ def pre_call(call: Call) -> None:
     outcome = evaluate(runtime(call.host).plan_for(call.workspace), call)
     if outcome.decisions:
         record(call, outcome)
+    _deny_if_blocked(outcome)
+
+
+@hookimpl
+def pre_tool(tool: ToolCall) -> None:
+    """Tool rules (conditions reading ``tool.name``, ``tool.source``, ``tool.args``):
+    block the call, modify ``args.X``, warn."""
+    plan = runtime(tool.host).plan_for(tool.workspace).tools
+    if plan is None or plan.empty:
+        return
+    outcome = evaluate(plan, cast(Any, tool))
+    if outcome.decisions:
+        record(tool, outcome)
+    _deny_if_blocked(outcome)
+
+
+def _deny_if_blocked(outcome: Outcome) -> None:
     blocked = outcome.blocked
     if blocked is not None:
         details: dict[str, Any] = {
@@ -138,13 +156,14 @@ def pre_call(call: Call) -> None:
         raise Denied(ErrorCode.POLICY_DENIED, blocked.message or "denied by policy", **details)
 
 
-def record(call: Call, outcome: Outcome) -> None:
+def record(call: Call | ToolCall, outcome: Outcome) -> None:
     """Events, and span attributes (added to, never replaced)."""
     attrs = call.attributes
     applied = attrs.setdefault("policy.decisions", [])
+    attempt = {"attempt": call.attempt} if isinstance(call, Call) else {"turn": call.turn}
     for decision in outcome.decisions:
         data = decision.to_dict()
-        call.emit(EVENT, status=_STATUS.get(decision.action, "success"), attempt=call.attempt, **data)
+        call.emit(EVENT, status=_STATUS.get(decision.action, "success"), **attempt, **data)
         brief = {k: data[k] for k in ("set", "version", "rule", "action")}
         if brief not in applied:
             applied.append(brief)

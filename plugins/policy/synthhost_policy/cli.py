@@ -251,12 +251,20 @@ class _Agent(BaseModel):
     name: str | None = None
 
 
+class _ToolContext(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    source: str = "plugin"
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
 class ContextInput(BaseModel):
     """What ``--context`` may hold (every part optional)."""
 
     model_config = ConfigDict(extra="forbid")
 
     request: _RequestContext = Field(default_factory=_RequestContext)
+    tool: _ToolContext | None = None  # a tool call: the set's tool rules decide
     workspace: _Id = Field(default_factory=lambda: _Id(id="default"))
     agent: _Agent = Field(default_factory=_Agent)
     user: _Id = Field(default_factory=_Id)
@@ -278,6 +286,10 @@ class ContextSubject:
         self.org = ctx.org.id
         self.agent = ctx.agent.name
         self.metadata = dict(ctx.metadata)
+        # A tool call's fields (tool rules read them; modify writes args).
+        self.name = ctx.tool.name if ctx.tool else None
+        self.source = ctx.tool.source if ctx.tool else None
+        self.args = dict(ctx.tool.args) if ctx.tool else {}
 
 
 def _load_context(value: str) -> ContextInput:
@@ -327,7 +339,8 @@ def test_command(file: Path, context: str, as_json: bool) -> None:
     The context mirrors the CEL variables: {"request": {"model", "provider", "prompt" or
     "messages", "params", "region", "metadata", "prompt_tokens"?, "estimated_cost"?},
     "workspace": {"id"}, "agent": {"name"}, "user": {"id"}, "org": {"id"}, "metadata"}.
-    prompt_tokens and estimated_cost, when given, replace the estimates.
+    prompt_tokens and estimated_cost, when given, replace the estimates. With
+    "tool": {"name", "source", "args"} the context is a tool call: the tool rules decide.
     """
     try:
         parsed, _ = load_policy_file(file)
@@ -347,9 +360,15 @@ def test_command(file: Path, context: str, as_json: bool) -> None:
         if v is not None
     }
     plan = Plan.build(compiled.workspace, [compiled], overrides=overrides)
+    args_before = dict(subject.args)
+    if ctx.tool is not None:  # a tool call: only the tool rules apply
+        assert plan.tools is not None
+        plan = plan.tools
     outcome = evaluate(plan, subject)
     after = subject.request.to_dict()
     changed = {k: {"from": before[k], "to": after[k]} for k in after if before[k] != after[k]}
+    if subject.args != args_before:
+        changed["args"] = {"from": args_before, "to": subject.args}
     if as_json:
         click.echo(
             json.dumps(
@@ -366,7 +385,8 @@ def test_command(file: Path, context: str, as_json: bool) -> None:
             )
         )
         return
-    click.echo(f"policy set {parsed.name}: {len(compiled.rules)} active rules")
+    click.echo(f"policy set {parsed.name}: {sum(len(c.rules) for c in plan.sets)} active rules"
+               + (f" for tool {ctx.tool.name!r}" if ctx.tool else ""))
     for d in outcome.decisions:
         click.echo(f"  {d.rule}: {_describe(d)}")
     if outcome.blocked:
@@ -374,4 +394,5 @@ def test_command(file: Path, context: str, as_json: bool) -> None:
         return
     click.echo("decision: allow" + ("" if outcome.decisions else " (no rule matched)"))
     for key, change in changed.items():
-        click.echo(f"  request.{key}: {json.dumps(change['from'])} -> {json.dumps(change['to'])}")
+        where = "tool" if key == "args" else "request"
+        click.echo(f"  {where}.{key}: {json.dumps(change['from'])} -> {json.dumps(change['to'])}")

@@ -19,14 +19,14 @@ GLOBAL = "*"
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
 ActionType = Literal["block", "route", "modify", "warn", "log"]
 ROUTE_FIELDS = ("model", "provider", "region")
-MODIFY_ROOTS = ("model", "provider", "region", "params", "metadata", "messages")
+MODIFY_ROOTS = ("model", "provider", "region", "params", "metadata", "messages", "args")  # args: tool rules
 
 
 def _check_path(path: str, allowed: Sequence[str]) -> tuple[str, ...]:
     parts = tuple(path.split("."))
     if not all(parts) or parts[0] not in allowed:
-        raise ValueError(f"cannot set {path!r} (allowed: {', '.join(allowed)}, or params.X/metadata.X)")
-    if len(parts) > 1 and parts[0] not in ("params", "metadata"):
+        raise ValueError(f"cannot set {path!r} (allowed: {', '.join(allowed)}, or params.X/metadata.X/args.X)")
+    if len(parts) > 1 and parts[0] not in ("params", "metadata", "args"):
         raise ValueError(f"cannot set {path!r}: {parts[0]} has no sub-fields")
     return parts
 
@@ -39,7 +39,7 @@ def _check_value(parts: tuple[str, ...], value: Any) -> None:
         raise ValueError(f"{root} must be a non-empty string")
     if root == "region" and value is not None and not isinstance(value, str):
         raise ValueError("region must be a string or null")
-    if root in ("params", "metadata") and not isinstance(value, dict):
+    if root in ("params", "metadata", "args") and not isinstance(value, dict):
         raise ValueError(f"{root} must be a mapping (or set {root}.KEY)")
     if root == "messages" and not (
         isinstance(value, list) and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in value)

@@ -17,12 +17,13 @@ would block.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from synthhost.tokens import prompt_tokens
 from synthhost_policy import pricing
@@ -70,6 +71,11 @@ class CompiledSet:
     @property
     def scope(self) -> str:
         return "global" if self.workspace == GLOBAL else "workspace"
+
+
+def reads_tool(rule: CompiledRule) -> bool:
+    """Is this a tool rule (its condition reads ``tool.*``)?"""
+    return any(u.partition(".")[0] == "tool" for u in rule.condition.uses)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -144,6 +150,10 @@ GETTERS: dict[str, Getter] = {
     "agent.name": lambda s, m: s.agent,
     "user.id": lambda s, m: s.user,
     "org.id": lambda s, m: s.org,
+    # A tool call (synthhost.tools.ToolCall) is the subject of tool rules.
+    "tool.name": lambda s, m: cast(Any, s).name,
+    "tool.source": lambda s, m: cast(Any, s).source,
+    "tool.args": lambda s, m: cast(Any, s).args,
 }
 
 
@@ -159,13 +169,15 @@ DEPENDS: dict[str, frozenset[str]] = {
     "request.estimated_cost": frozenset({"model", "provider", "params", "messages"}),
     "request.cost_known": frozenset({"model", "provider"}),
 }
-ALL_FIELDS = frozenset({"model", "provider", "params", "region", "metadata", "messages"})
+ALL_FIELDS = frozenset({"model", "provider", "params", "region", "metadata", "messages", "args"})
 
 
 def _depends(use: str) -> frozenset[str]:
     if use == "request":
         return ALL_FIELDS
     root, _, name = use.partition(".")
+    if root == "tool":  # a tool rule's modify changes args only
+        return frozenset({"args"}) if name in ("", "args") else frozenset()
     if root != "request":
         return frozenset()
     return DEPENDS.get(use, frozenset({name}))
@@ -323,6 +335,9 @@ class Plan:
     variables: tuple[tuple[str, Getter], ...]
     # request field -> the variables to re-read when a route/modify changes it
     dependents: Mapping[str, tuple[tuple[str, Getter], ...]]
+    # The rules whose condition reads ``tool.*``: evaluated for tool calls (pre_tool),
+    # never for model calls; every other rule is evaluated for model calls only.
+    tools: Plan | None = None
 
     @classmethod
     def build(
@@ -330,19 +345,32 @@ class Plan:
         workspace: str,
         sets: Iterable[CompiledSet],
         overrides: Mapping[str, Any] | None = None,
+        *,
+        for_tools: bool = False,
     ) -> Plan:
         """``overrides`` fixes flat fields (``{"request.prompt_tokens": 10}``): for
         ``policy test``."""
-        in_scope = [s for s in sets if s.workspace in (workspace, GLOBAL) and s.rules]
+        candidates = list(sets)
+        in_scope = []
+        for cset in candidates:
+            rules = tuple(r for r in cset.rules if reads_tool(r) == for_tools)
+            if cset.workspace in (workspace, GLOBAL) and rules:
+                uses = frozenset().union(*(r.condition.uses for r in rules))
+                whole = len(rules) == len(cset.rules)
+                in_scope.append(cset if whole else dataclasses.replace(cset, rules=rules, uses=uses))
         in_scope.sort(key=lambda s: (-s.priority, s.workspace == GLOBAL, s.name))
         uses = frozenset().union(*(s.uses for s in in_scope)) if in_scope else frozenset()
         variables = _variables(uses, overrides)
+        if for_tools:  # a tool call has no model request: its fields read as null
+            variables = tuple((n, _constant(None)) if u.partition(".")[0] == "request" else (n, g)
+                              for u, (n, g) in zip(sorted(uses), variables, strict=True))
         by_name = dict(zip(sorted(uses), variables, strict=True))
         dependents = {
             f: tuple(v for u, v in by_name.items() if f in _depends(u) and u not in (overrides or {}))
             for f in ALL_FIELDS
         }
-        return cls(tuple(in_scope), variables, dependents)
+        tools = None if for_tools else cls.build(workspace, candidates, overrides, for_tools=True)
+        return cls(tuple(in_scope), variables, dependents, tools)
 
     @property
     def empty(self) -> bool:
@@ -397,6 +425,12 @@ def apply_changes(request: Any, action: CompiledAction) -> dict[str, Any]:
     return summary
 
 
+def _target(subject: Any, plan: Plan) -> Any:
+    """What a modify action writes to: a model call's request, a tool call itself
+    (``args.X``)."""
+    return subject.request if plan.tools is not None else subject
+
+
 def evaluate(plan: Plan, subject: Subject) -> Outcome:
     """Run every rule in scope against the subject; route/modify are applied to
     ``subject.request`` as they happen. Never raises for a rule's failure."""
@@ -447,7 +481,12 @@ def evaluate(plan: Plan, subject: Subject) -> Outcome:
                     outcome.blocked = decision
                     return outcome
                 if action.changes:
-                    decision.changes = apply_changes(subject.request, action)
+                    if any((path[0] == "args") != (plan.tools is None) for path, _ in action.changes):
+                        # args.X is a tool call's; the other fields a model call's
+                        decision.action, decision.error = "error", "modify sets fields this call does not have"
+                        outcome.decisions.append(decision)
+                        continue
+                    decision.changes = apply_changes(_target(subject, plan), action)
                     changed.update(path[0] for path, _ in action.changes)
                 outcome.decisions.append(decision)
             if changed:  # later rules see the routed/modified request

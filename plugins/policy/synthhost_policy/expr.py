@@ -38,6 +38,7 @@ ROOT_FIELDS: dict[str, tuple[str, ...]] = {
     "agent": ("name",),
     "user": ("id",),
     "org": ("id",),
+    "tool": ("name", "source", "args"),  # tool calls only (pre_tool)
 }
 FREE_ROOTS = frozenset({"metadata"})
 ROOTS = frozenset(ROOT_FIELDS) | FREE_ROOTS
@@ -309,6 +310,7 @@ SAMPLE: dict[str, dict[str, Any]] = {
                 "prompt_tokens": 10, "estimated_cost": 0.001, "cost_known": True, "region": "us-east-1",
                 "metadata": {}, "messages": [{"role": "user", "content": "hello"}]},
     "workspace": {"id": "w"}, "agent": {"name": "a"}, "user": {"id": "u"}, "org": {"id": "o"},
+    "tool": {"name": "search", "source": "python", "args": {}},
 }
 
 

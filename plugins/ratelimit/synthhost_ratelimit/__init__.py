@@ -28,12 +28,14 @@ if TYPE_CHECKING:
     from synthhost.call import Call, Response
     from synthhost.host import Host
     from synthhost.registry import (
+        RegisterCheck,
         RegisterFlag,
         RegisterGate,
         RegisterHealthCheck,
         RegisterMigrations,
         RegisterRoute,
     )
+    from synthhost.tools import ToolCall
     from synthhost_ratelimit.runtime import RateLimiter
 
 FLAG = "enable_rate_limiting"
@@ -53,13 +55,13 @@ def state(host: Host) -> RateLimiter:
 @hookimpl
 def register_flags(register: RegisterFlag) -> None:
     register(FLAG, default=False,
-             description="Multi-scope rate limits (user, workspace, org, agent, model, global)")
+             description="Multi-scope rate limits (user, workspace, org, agent, model, global, tool)")
 
 
 @hookimpl
 def register_gate(register: RegisterGate) -> None:
     register(FLAG, order={"pre_call": Stage.RATE_LIMIT, "post_call": POST_CALL_ORDER,
-                          "on_failure": ON_FAILURE_ORDER})
+                          "on_failure": ON_FAILURE_ORDER, "pre_tool": Stage.RATE_LIMIT})
 
 
 @hookimpl
@@ -85,6 +87,13 @@ def register_routes(register: RegisterRoute) -> None:
 @hookimpl
 def register_health_checks(register: RegisterHealthCheck) -> None:
     register("ratelimit", _health)
+
+
+@hookimpl
+def register_checks(register: RegisterCheck) -> None:
+    from synthhost_ratelimit.checks import scripts
+
+    register("ratelimit_scripts", scripts, phase=3)
 
 
 async def _health(host: Host) -> tuple[bool, str]:
@@ -127,6 +136,11 @@ async def shutdown(host: Host) -> None:
 @hookimpl
 async def pre_call(call: Call) -> None:
     await _states[call.host].pre_call(call)
+
+
+@hookimpl
+async def pre_tool(tool: ToolCall) -> None:
+    await _states[tool.host].pre_tool(tool)
 
 
 @hookimpl

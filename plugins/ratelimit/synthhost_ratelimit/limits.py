@@ -23,9 +23,10 @@ from urllib.parse import quote
 # uses it as an option default).
 GLOBAL_WORKSPACE = "*"
 
-SCOPES: tuple[str, ...] = ("user", "workspace", "org", "agent", "model", "global")
+SCOPES: tuple[str, ...] = ("user", "workspace", "org", "agent", "model", "global", "tool")
 """Every scope, in the order decisions check them (ties between refusing scopes go to
-the first)."""
+the first). ``tool`` (per tool name, per workspace) limits tool calls only; the others
+limit model calls."""
 
 UNLIMITED = -1
 NEVER = -1

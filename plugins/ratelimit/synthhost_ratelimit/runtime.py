@@ -18,6 +18,7 @@ from synthhost_ratelimit.store import LimitTable, Refresher
 
 if TYPE_CHECKING:
     from synthhost.host import Host
+    from synthhost.tools import ToolCall
 
 log = logging.getLogger("synthhost.ratelimit")
 
@@ -101,7 +102,7 @@ def checks_for(call: Call, limits: Mapping[str, Limit]) -> list[ScopeCheck]:
     out: list[ScopeCheck] = []
     for scope in SCOPES:
         limit = limits.get(scope)
-        if limit is None or limit.unlimited:
+        if limit is None or limit.unlimited or scope == "tool":
             continue
         ident: str | None
         if scope == "user":
@@ -220,6 +221,25 @@ class RateLimiter:
             tokens_limited = any(c.tokens >= 0 for c in checks)
             reservations[call.attempt] = Reservation(backend, checks, member, weight, tokens_limited,
                                                       decision.held)
+
+    async def pre_tool(self, tool: ToolCall) -> None:
+        """The ``tool`` scope: requests per tool name in the workspace (a tool call has
+        no tokens, so nothing to settle afterwards)."""
+        limit = self.table.for_workspace(tool.workspace).get("tool")
+        if limit is None or limit.unlimited:
+            return
+        checks = [ScopeCheck.of("tool", scope_key("tool", tool.workspace, tool.name), limit)]
+        if self.guard is not None:
+            decision, _ = await self.guard.acquire(checks, tool.span_id, 0)
+        else:
+            decision = await self.limiter.acquire(checks, tool.span_id, 0)
+        if decision.degraded:
+            tool.attributes["ratelimit.degraded"] = self.config.fail.value
+        if not decision.allowed:
+            details = {"scope": decision.scope, "kind": decision.kind, "limit": decision.limit,
+                       "window_s": decision.window_s, "retry_after": decision.retry_after}
+            tool.emit("rate_limited", status="error", **details)
+            raise Denied(ErrorCode.RATE_LIMITED, denial_message(decision), **details)
 
     def _take(self, call: Call, attempt: int) -> Reservation | None:
         reservations = call.stash.get(RESERVATIONS)

@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from synthhost import hookimpl
-from synthhost.registry import RegisterExporter, RegisterFlag, RegisterGate, RegisterHealthCheck, Stage
+from synthhost.registry import (
+    RegisterCheck,
+    RegisterExporter,
+    RegisterFlag,
+    RegisterGate,
+    RegisterHealthCheck,
+    Stage,
+)
 
 if TYPE_CHECKING:
     from synthhost.host import Host
@@ -83,3 +90,11 @@ def _health(host: Host) -> tuple[bool, str]:
 @hookimpl
 def register_health_checks(register: RegisterHealthCheck) -> None:
     register(NAME, _health)
+
+
+@hookimpl
+def register_checks(register: RegisterCheck) -> None:
+    from synthhost_rudderstack.checks import data_plane
+
+    # Step 6 of the checklist: RudderStack comes with phase 4.
+    register("rudderstack", data_plane, phase=4)

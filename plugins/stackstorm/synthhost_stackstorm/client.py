@@ -173,15 +173,22 @@ class St2Client:
             return str(body["faultstring"])
         return str(body.get("status", "")) if isinstance(body, dict) else ""
 
-    async def get_action(self, ref: str) -> dict[str, Any]:
-        what = f"GET /actions/{ref}"
-        response = await self._request("GET", f"/actions/{ref}", what)
+    async def _get_object(self, path: str, noun: str) -> dict[str, Any]:
+        what = f"GET {path}"
+        response = await self._request("GET", path, what)
         if response.status_code != 200:
             raise http_error(response, what)
         body = _json(response, what)
         if not isinstance(body, dict):
-            raise St2Error("invalid_response", f"{what}: not an action")
+            raise St2Error("invalid_response", f"{what}: not {noun}")
         return body
+
+    async def get_action(self, ref: str) -> dict[str, Any]:
+        return await self._get_object(f"/actions/{ref}", "an action")
+
+    async def get_pack(self, ref: str) -> dict[str, Any]:
+        """``GET /packs/<ref>``: an installed pack (name, version...)."""
+        return await self._get_object(f"/packs/{ref}", "a pack")
 
     async def run(self, ref: str, parameters: dict[str, Any], *, context: dict[str, Any] | None = None,
                   timeout_s: float | None = None) -> Execution:

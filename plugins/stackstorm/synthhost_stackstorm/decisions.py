@@ -163,6 +163,15 @@ def _delay(value: Any, call: Call, error: ProviderError) -> float:
     return max(delay, float(error.retry_after or 0.0))
 
 
+def bounded_delay(value: Any, most: float) -> float | None:
+    """A workflow's ``delay_s`` within ``[0, most]``; ``None`` when it is not a number."""
+    try:
+        delay = float(value or 0.0)
+    except (TypeError, ValueError):
+        return None
+    return min(max(delay, 0.0), most) if math.isfinite(delay) else None
+
+
 def retry_decision(output: Any, call: Call, error: ProviderError) -> tuple[float, str] | None:
     """``(delay_s, reason)`` for ``{"action": "retry", "delay_s": N}``; ``None`` for
     ``give_up``; :class:`Refused` for anything else."""

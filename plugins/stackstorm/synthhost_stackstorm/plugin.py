@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from synthhost import Denied, ProviderError, Recovery, Stage, StashKey, hookimpl
 from synthhost.call import Call, Response
+from synthhost.tools import MAX_TOOL_ATTEMPTS, ToolCall, ToolResult
 from synthhost_stackstorm import decisions
 from synthhost_stackstorm.config import Config
 from synthhost_stackstorm.decisions import Refused
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     import click
 
     from synthhost.host import Host
-    from synthhost.registry import RegisterFlag, RegisterGate, RegisterHealthCheck
+    from synthhost.registry import RegisterCheck, RegisterFlag, RegisterGate, RegisterHealthCheck
     from synthhost_stackstorm.client import Execution, St2Client, St2Error
 
 log = logging.getLogger("synthhost.stackstorm")
@@ -117,12 +118,20 @@ def register_flags(register: RegisterFlag) -> None:
 @hookimpl
 def register_gate(register: RegisterGate) -> None:
     # post_call only settles a pending repair: after output guardrails, before telemetry.
-    register(FLAG, order={"on_failure": Stage.RECOVERY - 50, "post_call": Stage.TELEMETRY - 10})
+    register(FLAG, order={"on_failure": Stage.RECOVERY - 50, "post_call": Stage.TELEMETRY - 10,
+                          "on_tool_failure": Stage.RECOVERY - 50})
 
 
 @hookimpl
 def register_health_checks(register: RegisterHealthCheck) -> None:
     register("stackstorm", health)
+
+
+@hookimpl
+def register_checks(register: RegisterCheck) -> None:
+    from synthhost_stackstorm.checks import service
+
+    register("stackstorm", service, phase=4)
 
 
 @hookimpl
@@ -234,6 +243,54 @@ async def on_failure(call: Call, error: BaseException, attempt: int) -> Recovery
             if recovery is not None:
                 return recovery
     return None
+
+
+# A tool's failure as the provider-error code llm_retry classifies (bad arguments are not
+# retried: the same call would fail the same way).
+TOOL_CODES: Final = {"TOOL_TIMEOUT": "PROVIDER_TIMEOUT", "TOOL_ERROR": "PROVIDER_ERROR",
+                     "TOOL_HTTP_ERROR": "PROVIDER_ERROR"}
+
+
+@hookimpl
+async def on_tool_failure(tool: ToolCall, result: ToolResult, attempt: int) -> Recovery | None:
+    """Retry mode for tools: ``llm_retry`` decides whether and when a failed tool call is
+    tried again (the host calls the tool again with the same arguments)."""
+    code = TOOL_CODES.get(result.error_code or "")
+    if code is None or not tool.host.flags.is_enabled(tool.workspace, RETRY_FLAG):
+        return None
+    state = _STATES.get(tool.host) or state_for(tool.host)
+    config = state.config
+    if config is None:
+        return None
+    client = state.client
+    ref = config.ref("llm_retry")
+    parameters = {
+        # llm_retry reads original_request.model (its output names it): the tool stands in.
+        "original_request": {"tool": tool.name, "source": tool.source, "arguments": tool.args,
+                             "model": f"tool:{tool.name}"},
+        "failure_reason": result.content[:1000], "error_code": code, "retryable": True, "attempt": attempt,
+        "max_attempts": MAX_TOOL_ATTEMPTS, "base_delay_s": 0.5, "max_delay_s": 10.0,
+        "context": {"workspace": tool.workspace, "agent": tool.agent, "step": tool.step, "run_id": tool.run_id,
+                    "trace_id": tool.trace_id, "span_id": tool.span_id, "tool": tool.name},
+    }
+    try:
+        async with client.St2Client(config) as st2:
+            execution = await st2.run(ref, parameters, timeout_s=config.timeout_s)
+    except client.St2Error as exc:
+        tool.emit("stackstorm_error", status="error", mode="tool_retry", kind=exc.kind, message=exc.message,
+                  attempt=attempt)
+        state.warn(exc.kind, "stackstorm: tool retry: %s", exc.message)
+        return None
+    output = execution.output if isinstance(execution.output, dict) else {}
+    retry = output.get("action") == "retry"
+    delay = decisions.bounded_delay(output.get("delay_s"), 10.0) if retry else 0.0
+    entry = {"mode": "tool_retry", "action": execution.action, "execution_id": execution.id,
+             "st2_status": execution.status, "attempt": attempt, "decision": "retry" if retry else "give_up"}
+    tool.attributes.setdefault("stackstorm", []).append(entry)
+    tool.emit("stackstorm_execution", status="success" if execution.status == "succeeded" else "error", **entry)
+    if not retry or delay is None:
+        return None
+    return Recovery("retry", delay=delay, reason=f"stackstorm {ref} {execution.id}: {_reason(execution) or 'retry'}")
 
 
 # -- the three modes ---------------------------------------------------------------------------

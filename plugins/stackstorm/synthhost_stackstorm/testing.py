@@ -123,6 +123,7 @@ class FakeSt2:
                  auth_token: str | None = None, steps: tuple[str, ...] = ("scheduled", "running"),
                  user: str = "st2admin") -> None:
         self.runner = PackRunner(pack_root)
+        self.pack_version: str | None = None  # GET /packs/<ref> answers the pack's own version unless set
         self.api_key = api_key
         self.auth_token = auth_token
         self.steps = steps
@@ -282,6 +283,12 @@ class FakeSt2:
             if ref not in self._known():
                 return 404, {"faultstring": f'Resource with a reference or id "{ref}" not found'}
             return 200, self._action(ref)
+        if segments[:1] == ["packs"] and method == "GET" and len(segments) == 2:
+            meta = self.runner.pack.meta
+            if segments[1] != self.runner.pack.name:
+                return 404, {"faultstring": f'Resource with a reference or id "{segments[1]}" not found'}
+            return 200, {"id": _object_id(), "ref": self.runner.pack.name, "name": meta.get("name"),
+                         "version": self.pack_version or meta.get("version"), "description": meta.get("description")}
         if segments == ["runnertypes"] and method == "GET":
             wanted = query.get("name")
             return 200, [{"name": n, "enabled": True, "runner_module": n.replace("-", "_"),

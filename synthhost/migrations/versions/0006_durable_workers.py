@@ -1,13 +1,13 @@
 """Durable-run workers' heartbeats (``synthhost worker``, see synthhost.durable).
 
-Revision ID: 0005_durable_workers
+Revision ID: 0006_durable_workers
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_durable_workers"
-down_revision = "0004_api_keys"
+revision = "0006_durable_workers"
+down_revision = "0005_retention_policies"
 branch_labels = None
 depends_on = None
 
