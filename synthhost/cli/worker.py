@@ -63,13 +63,14 @@ def worker_command(schedule_paths: tuple[Path, ...], workspace: str | None, unti
         try:
             async with open_host(env={**os.environ, "SYNTHHOST_DELIVERY": "inline"}) as host:  # this process delivers
                 exporters = sorted(host._outbox.lanes) if host._outbox is not None else []
-                pruning = _start_pruning(host)
                 runner = None
-                try:
-                    if durable:
-                        from synthhost.durable import Worker
+                if durable:  # its settings are checked before any thread starts
+                    from synthhost.durable import Worker
 
-                        runner = Worker(host, queues=queue_names, concurrency=concurrency)
+                    runner = Worker(host, queues=queue_names, concurrency=concurrency)
+                pruning = _start_pruning(host)
+                try:
+                    if runner is not None:
                         await anyio.to_thread.run_sync(runner.start)
                     click.echo(f"worker: delivering to {', '.join(exporters) or 'no configured exporter'}"
                                + (f"; durable runs from {', '.join(queue_names)} (executor {runner.executor_id},"
