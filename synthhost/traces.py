@@ -222,6 +222,12 @@ def _trace(run: Mapping[Any, Any], spans: Iterable[Mapping[Any, Any]], events: I
     )
 
 
+def export_name(run_id: str) -> str:
+    """The file name of a run's export: ``trace-<run id>-<YYYY-MM-DD>.json`` (the CLI's
+    ``--save``, the gateway's and the console's downloads)."""
+    return f"trace-{run_id}-{datetime.now(UTC):%Y-%m-%d}.json"
+
+
 def export_trace(trace: Trace) -> dict[str, Any]:
     """The JSON export: run, spans (as a tree by parent id) and raw events, redacted."""
 

@@ -34,6 +34,20 @@ class DenyWhenAsked:
             raise Denied("POLICY_DENIED", "denied by the test policy")
 
 
+class LookupTool:
+    """A plugin tool, so agents run on the site can act (the trace shows ``tool`` spans)."""
+
+    __name__ = "console_lookup"
+
+    @hookimpl
+    def register_tools(self, register: Any) -> None:
+        def lookup(term: str) -> str:
+            """Look a term up in the glossary."""
+            return f"{term}: a drink"
+
+        register(lookup)
+
+
 @dataclass
 class Site:
     host: Host
@@ -87,5 +101,5 @@ def seeded_site(host: Host) -> Iterator[Site]:
 def make_site_host(make_host: Any, **env: str) -> Host:
     import synthhost_cost
 
-    host: Host = make_host(synthhost_cost, DenyWhenAsked(), env=env or None)
+    host: Host = make_host(synthhost_cost, DenyWhenAsked(), LookupTool(), env=env or None)
     return host

@@ -298,3 +298,21 @@ def test_the_runs_list_pages_by_cursor_keeping_its_filters(site: Site) -> None:
             assert "limit=2" in path and "since=1d" in path and "cursor=" in path
     a_runs = {site.runs[k] for k in ("mini", "big", "big2", "denied", "agent")}
     assert len(seen) == len(set(seen)) == 5 and set(seen) == a_runs
+
+
+def test_the_waterfall_shows_an_agent_loop_turns_and_tool_calls(site: Site) -> None:
+    spec = {"name": "glossary", "model": "echo/gpt-4o-mini", "tools": [{"name": "lookup"}],
+            "params": {"echo_tool_calls": [[{"id": "call_1", "name": "lookup", "arguments": {"term": "oolong"}}]]},
+            "steps": [{"name": "define", "prompt": "Define oolong"}]}
+    r = httpx.post(site.url + "/v1/runs", headers={"Authorization": f"Bearer {site.member_a}"},
+                   json={"spec": spec, "wait": True}, timeout=30)
+    assert r.status_code == 200, r.text
+    run_id = r.json()["id"]
+    site.host.wait_for_events()
+    page = signed_in(site, site.member_a).get(f"/ui/runs/{run_id}")
+    assert page.status_code == 200
+    rows = re.findall(r'<th scope="row" class="depth-(\d)">(\w+) <span class="name">([^<]*)</span>', page.text)
+    # run > step > the turn that asked > its tool call, then the turn that answered
+    assert [(int(d), kind, name) for d, kind, name in rows] == [
+        (0, "run", "glossary"), (1, "step", "define"), (2, "call", "echo/gpt-4o-mini"),
+        (3, "tool", "lookup"), (2, "call", "echo/gpt-4o-mini")], rows

@@ -3,6 +3,7 @@ existence oracle across workspaces (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,7 +100,8 @@ def test_detail_and_export_are_the_cli_document_and_isolated(served: Any) -> Non
     assert doc["run"]["workspace"] == "a"
     assert [s["kind"] for s in doc["spans"]] == ["call"]
     exported = get(url, key_a, f"/v1/traces/{run_id}/export")
-    assert exported.headers["content-disposition"] == f'attachment; filename="trace-{run_id}.json"'
+    assert re.fullmatch(rf'attachment; filename="trace-{run_id}-\d{{4}}-\d{{2}}-\d{{2}}\.json"',
+                        exported.headers["content-disposition"])
     assert exported.json()["run"] == doc["run"]
     # Workspace b: the same 404 as for an id that does not exist.
     for path in (f"/v1/traces/{run_id}", f"/v1/traces/{run_id}/export"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 import click
 
@@ -113,7 +112,9 @@ def export(run_id: str, workspace: str, fmt: str, output: str | None, save: bool
     data = _load(workspace, run_id)
     text = json.dumps(data, indent=2)
     if save:
-        output = default_export_name(str(data["run"]["run_id"]))  # type: ignore[index]
+        from synthhost.traces import export_name
+
+        output = export_name(str(data["run"]["run_id"]))  # type: ignore[index]
     if output is None or output == "-":
         click.echo(text)
         return
@@ -125,7 +126,3 @@ def export(run_id: str, workspace: str, fmt: str, output: str | None, save: bool
 
         raise HostError(f"--output: cannot write {output}: {exc.strerror or exc}") from None
     click.echo(f"wrote {output}", err=True)
-
-
-def default_export_name(run_id: str) -> str:
-    return f"trace-{run_id}-{datetime.now(UTC):%Y-%m-%d}.json"

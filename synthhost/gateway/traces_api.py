@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 
 from synthhost.gateway.errors import bad_request, not_found
 from synthhost.storage.models import Run, Span
-from synthhost.traces import export_trace, load_trace, parse_since
+from synthhost.traces import export_name, export_trace, load_trace, parse_since
 
 if TYPE_CHECKING:
     from synthhost.host import Host
@@ -129,5 +129,5 @@ async def export(host: Host, request: Request) -> Response:
     doc = await _document(host, request)
     if doc is None:
         return not_found("no such trace")
-    name = doc["run"]["run_id"]
-    return JSONResponse(doc, headers={"Content-Disposition": f'attachment; filename="trace-{name}.json"'})
+    name = export_name(str(doc["run"]["run_id"]))  # the CLI's and the console's name too
+    return JSONResponse(doc, headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -220,13 +220,13 @@ class Console:
                            bars=bars, total_ms=total, chart=charts.waterfall(bars, total))
 
     async def export(self, request: Request) -> Response:
-        from synthhost.cli.traces import default_export_name
+        from synthhost.traces import export_name
 
         doc = await anyio.to_thread.run_sync(data.trace_document, self.host, request.state.workspace,
                                              request.path_params["run_id"])
         if doc is None:
             return self.error(request, 404, "No such run in this workspace.")
-        name = default_export_name(str(doc["run"]["run_id"]))
+        name = export_name(str(doc["run"]["run_id"]))
         # The same text as `synthhost traces export` (json.dumps, indent 2, a final newline).
         return Response(json.dumps(doc, indent=2) + "\n", media_type="application/json",
                         headers={**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'})
