@@ -8,10 +8,12 @@ completion *including* reasoning tokens.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from os import urandom
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
@@ -41,13 +43,43 @@ def _forget_after_fork() -> None:  # a child must never hand out its parent's id
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+class IdScope:
+    """Deterministic ids for what one durable step writes (``synthhost.steps``): the
+    n-th id of the step is a hash of the run's secret salt, the step and n, so a step
+    executed again after a crash names its spans, events and cost rows exactly as the
+    first time, and the writer's insert-or-ignore keeps one of each. The salt travels
+    with the durable run only, so ids stay unguessable from one another."""
+
+    __slots__ = ("n", "seed")
+
+    # Set by a worker abandoning the durable runs it holds at shutdown: whatever their
+    # interrupted steps would still write is dropped (the runs resume on another worker,
+    # exactly as after a crash; see synthhost.durable.Worker.stop).
+    abandoned = False
+
+    def __init__(self, salt: str, step: str) -> None:
+        self.seed = f"{salt}:{step}:"
+        self.n = 0
+
+    def next(self) -> str:
+        self.n += 1
+        return hashlib.sha256(f"{self.seed}{self.n}".encode()).hexdigest()[:32]
+
+
+ID_SCOPE: ContextVar[IdScope | None] = ContextVar("synthhost_id_scope", default=None)
+
+
 def new_id() -> str:
-    """A 32-hex id of 128 random bits (usable as an OpenTelemetry trace id).
+    """A 32-hex id of 128 random bits (usable as an OpenTelemetry trace id); inside a
+    durable step (:data:`ID_SCOPE` set), the step's next deterministic id instead.
 
     Unguessable: ids reach HTTP APIs and exports, so none may be derived from another
     (the former per-process prefix + counter made a trace id "the run id plus one").
     Drawn from ``os.urandom`` in 4 KiB blocks, per thread, reset after fork
     (``benchmarks/ids.py``)."""
+    scope = ID_SCOPE.get()
+    if scope is not None:
+        return scope.next()
     buf = _random_hex
     pos = buf.pos
     if pos >= len(buf.text):

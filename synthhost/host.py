@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -278,6 +279,8 @@ class Host:
                       tables=dict(sorted(unknown.items())), spool_dir=str(self.settings.spool_dir))
 
     def _stop_threads(self) -> None:
+        if (durable := sys.modules.get("synthhost.durable")) is not None:  # only when it was used
+            durable.close_clients()
         self.writer.close(self.settings.shutdown_timeout_s, self.settings.spool_dir)
         if self._outbox is not None:
             self._outbox.stop(self.settings.shutdown_timeout_s)
@@ -455,6 +458,35 @@ class Host:
         await self.start()
         return await run_agent(self, spec, inputs=inputs or {}, workspace=workspace, user=user, org=org,
                                on_step=on_step, run_id=run_id, on_delta=on_delta)
+
+    async def enqueue(
+        self,
+        spec: AgentSpec,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        workspace: str | None = None,
+        user: str | None = None,
+        org: str | None = None,
+        key: str | None = None,
+        queue: str | None = None,
+    ) -> str:
+        """Queue a durable run for ``synthhost worker`` processes (the ``durable``
+        extra; see :mod:`synthhost.durable`) and return its run id at once. ``key``
+        makes it idempotent (the same key is the same run). Follow it with
+        :meth:`wait_run`."""
+        from synthhost import durable
+
+        self._check_workspace(workspace or spec.workspace)
+        await self.start()
+        return await anyio.to_thread.run_sync(functools.partial(
+            durable.enqueue, self, spec, inputs=inputs or {}, workspace=workspace, user=user, org=org, key=key,
+            queue=queue or durable.QUEUE))
+
+    async def wait_run(self, run_id: str) -> RunResult:
+        """Wait for a durable run to finish, on whichever worker, and return it."""
+        from synthhost import durable
+
+        return await durable.wait(self, run_id)
 
     # -- sync wrappers for apps without an event loop -----------------------------------
 

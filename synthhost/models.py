@@ -262,9 +262,9 @@ def _deployment(item: Any, where: str) -> Deployment:
 def build_provider(deployment: Deployment, env: Mapping[str, str]) -> Any:
     """The provider instance serving ``deployment`` (its own client, URL and key)."""
     if deployment.provider == "echo":
-        from synthhost.providers.echo import EchoProvider
+        from synthhost.providers import echo
 
-        return EchoProvider(float(env.get("SYNTHHOST_ECHO_LATENCY_MS") or 0))
+        return echo.from_env(env)
     key = env.get(deployment.api_key_env) if deployment.api_key_env else None
     common: dict[str, Any] = {
         "api_key": key, "timeout": deployment.timeout_s, "headers": deployment.headers, "name": deployment.name,

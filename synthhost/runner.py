@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -14,12 +15,14 @@ import anyio
 
 from synthhost.call import Call, Request, Response, StashKey, StreamDelta, new_id
 from synthhost.errors import Denied, ErrorCode, ProviderError, SynthhostError, UsageError
+from synthhost.steps import StepBoundary, inline_boundary
 from synthhost.storage.models import Run, Span
 from synthhost.tools.toolbox import ToolBox, search_dir
 from synthhost.trace import EventRecord, RunResult, SpanRecord, Status, StepResult, Trace
 
 if TYPE_CHECKING:
     from synthhost.agent import AgentSpec
+    from synthhost.agent import Step as StepSpec
     from synthhost.host import Host
 
 RUNS = Run.__table__  # type: ignore[attr-defined]
@@ -324,8 +327,11 @@ async def run_agent(
     host: Host, spec: AgentSpec, *, inputs: Mapping[str, Any], workspace: str | None,
     user: str | None, org: str | None, on_step: Callable[[int, int, StepResult], None] | None = None,
     run_id: str | None = None, on_delta: Callable[[StreamDelta], None] | None = None,
+    boundary: StepBoundary | None = None,
 ) -> RunResult:
-    from synthhost.agent import render_step, resolve_inputs, step_variables
+    """Run an agent's steps. Each step goes through ``boundary`` (in process: no
+    checkpoint; a durable run's makes each step a checkpointed DBOS step)."""
+    from synthhost.agent import resolve_inputs
 
     ws = workspace or spec.workspace
     resolved: dict[str, Any] = dict(resolve_inputs(spec, dict(inputs)))
@@ -347,56 +353,29 @@ async def run_agent(
         toolbox = ToolBox(host, search_dir(spec.source), run=run)
     try:
         async with toolbox:
-            for step in spec.steps:
-                step_span = SpanRecord(new_id(), run.trace_id, run.run_id, "step", step.name, time.time(),
-                                       parent_id=run.run_id)
-                step_result = StepResult(step.name, "running", span_id=step_span.span_id)
+            for index, step in enumerate(spec.steps, 1):
+                step_result = StepResult(step.name, "running")
                 result.steps.append(step_result)
+                executed = False
+
+                async def body(step: StepSpec = step, step_result: StepResult = step_result) -> dict[str, Any]:
+                    nonlocal executed
+                    executed = True
+                    return await _run_step(host, spec, step, step_result, run, resolved, result.outputs, ws, user,
+                                           org, toolbox, on_delta if step is spec.steps[-1] else None)
+
                 try:
-                    variables = step_variables(spec, step, resolved, result.outputs, workspace=ws,
-                                               run_id=run.run_id)
-                    system, prompt = render_step(step, variables)
-                    messages = ([{"role": "system", "content": system}] if system else []) + [
-                        {"role": "user", "content": prompt}]
-                    model = step.model or spec.model
-                    step_result.model = model
-
-                    def new_call(messages: list[dict[str, Any]], extra: dict[str, Any], *, _step: Any = step,
-                                 _model: str = model, _parent: str = step_span.span_id) -> Call:
-                        call = make_call(
-                            host, model=_model, messages=messages, workspace=ws,
-                            params={**spec.params, **_step.params, **extra}, user=user, org=org,
-                            agent=spec.name,
-                            metadata=spec.metadata, max_attempts=spec.retry.max_attempts, run=run,
-                            parent=_parent, step=_step.name,
-                            on_delta=on_delta if _step is spec.steps[-1] else None,  # the agent's answer
-                        )
-                        call.retry_initial_delay_s = spec.retry.initial_delay_s
-                        call.retry_max_delay_s = spec.retry.max_delay_s
-                        return call
-
-                    if isinstance(toolbox, ToolBox) and spec.uses_loop(step):
-                        response = await loop_step(host, run, spec, step, toolbox, new_call, messages,
-                                                   ws=ws, user=user, org=org, parent=step_span.span_id)
-                    else:
-                        response = await traced_call(host, new_call(messages, {}), run)
-                    output = response.text
-                    result.outputs[step.output or step.name] = output
-                    step_result.status, step_result.output = "ok", output
-                except BaseException as exc:
-                    err = exc if isinstance(exc, SynthhostError) else cancelled_error("step")
-                    status = status_of(err)
-                    step_span.status, step_span.error_code, step_span.error_message = status, err.code, err.message
-                    step_result.status, step_result.error_code = status, err.code
-                    step_result.error_message = err.message
-                    raise
+                    record = await (boundary or inline_boundary)(run, f"{index}:{step.name}", body)
+                    if not executed:  # replayed from a durable run's checkpoint: its rows exist already
+                        restore_step(run, step_result, record)
                 finally:
-                    step_span.ended_at = time.time()
-                    if step_span.status == "running":
-                        step_span.status = "ok"
-                    run.add_span(step_span)
                     if on_step is not None and step_result.status != "running":
                         on_step(len(result.steps), len(spec.steps), step_result)
+                if record["error"] is None:
+                    output = record["output"]
+                    result.outputs[step.output or step.name] = output
+                else:
+                    raise SynthhostError(record["error"]["message"], code=record["error"]["code"])
     except SynthhostError as err:
         error = err
     except BaseException:
@@ -411,6 +390,80 @@ async def run_agent(
     finally:
         collecting.__exit__(None, None, None)
     return result
+
+
+async def _run_step(
+    host: Host, spec: AgentSpec, step: StepSpec, step_result: StepResult, run: RunState,
+    resolved: dict[str, Any], outputs: dict[str, Any], ws: str, user: str | None, org: str | None,
+    toolbox: ToolBox | contextlib.nullcontext[None], on_delta: Callable[[StreamDelta], None] | None,
+) -> dict[str, Any]:
+    """One step: its span, its call (or its agent loop: model turns and tool calls).
+    Returns the step's record (what a durable run checkpoints): output or error, and the
+    spans it added. A cancellation propagates."""
+    from synthhost.agent import render_step, step_variables
+
+    before = len(run.spans)
+    step_span = SpanRecord(new_id(), run.trace_id, run.run_id, "step", step.name, time.time(),
+                           parent_id=run.run_id)
+    step_result.span_id = step_span.span_id
+    error: SynthhostError | None = None
+    try:
+        variables = step_variables(spec, step, resolved, outputs, workspace=ws, run_id=run.run_id)
+        system, prompt = render_step(step, variables)
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}]
+        model = step.model or spec.model
+        step_result.model = model
+        def new_call(messages: list[dict[str, Any]], extra: dict[str, Any]) -> Call:
+            call = make_call(
+                host, model=model, messages=messages, workspace=ws,
+                params={**spec.params, **step.params, **extra}, user=user, org=org, agent=spec.name,
+                metadata=spec.metadata, max_attempts=spec.retry.max_attempts, run=run,
+                parent=step_span.span_id, step=step.name, on_delta=on_delta,  # the agent's answer
+            )
+            call.retry_initial_delay_s = spec.retry.initial_delay_s
+            call.retry_max_delay_s = spec.retry.max_delay_s
+            return call
+
+        if isinstance(toolbox, ToolBox) and spec.uses_loop(step):
+            response = await loop_step(host, run, spec, step, toolbox, new_call, messages,
+                                       ws=ws, user=user, org=org, parent=step_span.span_id)
+        else:
+            response = await traced_call(host, new_call(messages, {}), run)
+        step_result.status, step_result.output = "ok", response.text
+    except SynthhostError as err:
+        error = err
+    except BaseException:
+        error = cancelled_error("step")
+        raise
+    finally:
+        if error is not None:
+            status = status_of(error)
+            step_span.status, step_span.error_code, step_span.error_message = status, error.code, error.message
+            step_result.status, step_result.error_code, step_result.error_message = status, error.code, error.message
+        step_span.ended_at = time.time()
+        if step_span.status == "running":
+            step_span.status = "ok"
+        run.add_span(step_span)
+    return {
+        "output": step_result.output, "model": step_result.model, "span_id": step_span.span_id,
+        "error": None if error is None else {"code": error.code, "message": error.message},
+        "spans": [dataclasses.asdict(span) for span in run.spans[before:]],
+    }
+
+
+def restore_step(run: RunState, step_result: StepResult, record: dict[str, Any]) -> None:
+    """A checkpointed step's record back onto the run (spans, cost, the step's result)
+    without executing it; its rows are re-submitted and kept once by the writer."""
+    for span in record["spans"]:
+        run.add_span(SpanRecord(**span))
+    error = record["error"]
+    step_result.model, step_result.span_id = record["model"], record["span_id"]
+    if error is None:
+        step_result.status, step_result.output = "ok", record["output"]
+    else:
+        step_result.error_code, step_result.error_message = error["code"], error["message"]
+        step_result.status = "cancelled" if error["code"] == ErrorCode.CANCELLED else "error"
 
 
 async def loop_step(host: Host, run: RunState, spec: AgentSpec, step: Any, toolbox: ToolBox,

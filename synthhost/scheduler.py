@@ -34,6 +34,7 @@ job that should keep retrying at most once a day.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -524,9 +525,11 @@ class Scheduler:
         poll_s: float | None = None,
         lease_s: float | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
+        durable: bool = False,
     ) -> None:
         env = host.settings.env
         self.host = host
+        self.durable = durable
         self.jobs = list(jobs)
         self.clock = clock
         self.policy = policy or BackoffPolicy.from_env(env)
@@ -622,7 +625,8 @@ class Scheduler:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._renew, job_id)
                 try:
-                    result = await self.host.run(job.spec, workspace=job.workspace)
+                    result = await (self._durable(job, scheduled_for) if self.durable
+                                    else self.host.run(job.spec, workspace=job.workspace))
                 except Exception as exc:  # never takes the scheduler down; counts as a failure
                     crash = f"{type(exc).__name__}: {exc}"
                 finally:
@@ -642,6 +646,17 @@ class Scheduler:
         except Exception as exc:  # database away: the lease lapses and the job is free again
             self.host.stats["cron.db_errors"] += 1
             log.error("could not record the outcome of %s: %s", job.label, exc)
+
+    async def _durable(self, job: Job, scheduled_for: datetime) -> RunResult:
+        """The tick as a durable run on the workers, waited for (so overlap, backoff and
+        re-enable work as in process). Its id comes from ``cron:<job>:<tick>``: one run
+        per tick however many schedulers claim or retry it."""
+        from synthhost import durable
+
+        key = f"cron:{job.workspace}/{job.agent}:{scheduled_for.astimezone(UTC).isoformat()}"
+        run_id = await anyio.to_thread.run_sync(functools.partial(
+            durable.enqueue, self.host, job.spec, inputs={}, workspace=job.workspace, key=key))
+        return await durable.wait(self.host, run_id)
 
     async def _record(self, job: Job, job_id: int, scheduled_for: datetime, result: RunResult | None,
                       crash: str | None, duration: float) -> None:

@@ -24,7 +24,8 @@ AGENT = {"name": "writer", "model": "echo/gpt-4o", "inputs": {"topic": {"default
 
 
 class DenyWhenAsked:
-    """Denies a call whose params say ``deny``: an error run to filter for."""
+    """Denies a call whose params say ``deny`` (an error run to filter for); moves one
+    whose params say ``reroute`` to gpt-4o-mini."""
 
     __name__ = "console_deny"
 
@@ -32,6 +33,8 @@ class DenyWhenAsked:
     def pre_call(self, call: Any) -> None:
         if call.request.params.get("deny"):
             raise Denied("POLICY_DENIED", "denied by the test policy")
+        if call.request.params.get("reroute"):  # a router's choice: the trace shows where it went
+            call.request.model = "gpt-4o-mini"
 
 
 class LookupTool:

@@ -316,3 +316,12 @@ def test_the_waterfall_shows_an_agent_loop_turns_and_tool_calls(site: Site) -> N
     assert [(int(d), kind, name) for d, kind, name in rows] == [
         (0, "run", "glossary"), (1, "step", "define"), (2, "call", "echo/gpt-4o-mini"),
         (3, "tool", "lookup"), (2, "call", "echo/gpt-4o-mini")], rows
+
+
+def test_a_rerouted_call_is_tagged_with_the_model_it_was_sent_for(site: Site) -> None:
+    assert site.chat(site.member_a, "echo/gpt-4o", reroute=True).status_code == 200
+    run_id = site.newest_run(site.member_a)
+    page = html.unescape(signed_in(site, site.member_a).get(f"/ui/runs/{run_id}").text)
+    assert '<span class="tag">rerouted from echo/gpt-4o</span>' in page
+    untouched = html.unescape(signed_in(site, site.member_a).get(f"/ui/runs/{site.runs['big']}").text)
+    assert "rerouted from" not in untouched

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -46,6 +47,8 @@ def cli_host(migrate: bool = True, **kwargs: Any) -> Iterator[Host]:
             host.flags.reload()
         yield host
     finally:
+        if (durable := sys.modules.get("synthhost.durable")) is not None:
+            durable.close_clients()
         host.engine.dispose()
 
 

@@ -1,4 +1,5 @@
-"""``synthhost queue stats|retry-parked``: the exporter outbox."""
+"""``synthhost queue stats|retry-parked``: the exporter outbox; ``queue stats --durable``
+and ``queue cancel``: durable runs (synthhost.durable)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,16 @@ def queue_command() -> None:
 
 @queue_command.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def stats(as_json: bool) -> None:
+@click.option("--durable", is_flag=True, help="The durable-run queues instead (synthhost worker).")
+def stats(as_json: bool, durable: bool) -> None:
     """Per exporter: pending, retrying, in flight, delivered, parked, oldest pending age
-    and the last error."""
+    and the last error. With --durable: per durable queue, runs queued and running, the
+    oldest queued run's wait, and the live workers."""
     from synthhost.outbox import queue_stats
+
+    if durable:
+        _durable_stats(as_json)
+        return
 
     with cli_host() as host:
         result = queue_stats(host.engine, host.registry.exporters)
@@ -41,6 +48,44 @@ def stats(as_json: bool) -> None:
         click.echo(f"{name:<{width}}  {cells}  {'-' if age is None else f'{age:.1f}s'}")
         if row["last_error"]:
             click.echo(f"{'':<{width}}  last error: {row['last_error']}")
+
+
+def _durable_stats(as_json: bool) -> None:
+    from synthhost import durable
+
+    with cli_host() as host:
+        queues = durable.queue_stats(host)
+        workers = durable.live_workers(host)
+    if as_json:
+        click.echo(json.dumps({"queues": queues, "workers": [
+            {"executor_id": w["executor_id"], "app_version": w["app_version"], "queues": w["queues"].split(","),
+             "concurrency": w["concurrency"]} for w in workers]}, indent=2, sort_keys=True))
+        return
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}s"
+
+    click.echo(f"{'queue':<20}  {'queued':>7}  {'running':>7}  {'oldest':>8}  wait p50/p95 (runs started, 5 min)")
+    empty = {"queued": 0, "running": 0, "oldest_queued_age_s": None, "wait_p50_s": None, "wait_p95_s": None,
+             "started_5m": 0}
+    for name, row in sorted(queues.items()) or [(durable.QUEUE, empty)]:
+        click.echo(f"{name:<20}  {row['queued']:>7}  {row['running']:>7}  {seconds(row['oldest_queued_age_s']):>8}"
+                   f"  {seconds(row['wait_p50_s'])}/{seconds(row['wait_p95_s'])} ({row['started_5m']})")
+    click.echo(f"{len(workers)} live worker(s)"
+               + "".join(f"\n  {w['executor_id']}  version {w['app_version']}  concurrency {w['concurrency']}"
+                         for w in workers))
+
+
+@queue_command.command("cancel")
+@click.argument("run_id")
+def cancel_command(run_id: str) -> None:
+    """Cancel a durable run: a queued run never starts, a running one stops at its next
+    step boundary and is recorded cancelled."""
+    from synthhost import durable
+
+    with cli_host() as host:
+        status = durable.cancel(host, run_id)
+    click.echo(f"run {run_id}: {status}" if status != "running" else
+               f"run {run_id}: cancelling (stops at its next step boundary)")
 
 
 @queue_command.command("retry-parked")

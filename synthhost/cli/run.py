@@ -109,6 +109,9 @@ async def execute(
     help="An input value; repeat for several.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON.")
+@click.option("--durable", is_flag=True,
+              help="Queue the run for synthhost worker processes and print its id (the 'durable' extra).")
+@click.option("--wait", "wait_done", is_flag=True, help="With --durable: follow the run until it ends.")
 @click.option(
     "--progress/--no-progress",
     default=None,
@@ -128,6 +131,8 @@ def run_command(
     input_pairs: tuple[str, ...],
     as_json: bool,
     progress: bool | None,
+    durable: bool,
+    wait_done: bool,
     stream_option: bool | None,
 ) -> None:
     """Run an agent file's steps through the plugin chain and print the result.
@@ -143,8 +148,12 @@ def run_command(
         inputs = resolve_inputs(spec, parse_inputs(input_pairs))
         if workspace is not None:
             validate_workspace(workspace, what="--workspace")
+        if wait_done and not durable:
+            raise UsageError("--wait: only with --durable (a run without it always waits)")
     except UsageError as exc:
         _fail_usage(exc)
+    if durable:
+        _durable(ctx, spec, inputs, workspace, wait_done, as_json)
 
     if progress is None:
         progress = _isatty(sys.stderr)
@@ -192,6 +201,44 @@ def run_command(
         ctx.exit(0)
     click.echo(error_line(result), err=True)
     ctx.exit(1)
+
+
+def _durable(ctx: click.Context, spec: AgentSpec, inputs: Mapping[str, Any], workspace: str | None,
+             wait_done: bool, as_json: bool) -> NoReturn:
+    """``--durable``: enqueue, print the run id; ``--wait``: then the run's result, with
+    the exit status of an in-process run."""
+
+    async def main() -> RunResult | str | SynthhostError:
+        from synthhost.agent import check_providers
+
+        try:
+            async with _open_host() as host:
+                check_providers(spec, host.registry.providers, spec.source)
+                run_id = await host.enqueue(spec, inputs=dict(inputs), workspace=workspace)
+                if not wait_done:
+                    return run_id
+                click.echo(run_id, err=True)
+                return await host.wait_run(run_id)
+        except SynthhostError as exc:
+            return exc
+
+    outcome = _run_sync(main)
+    if isinstance(outcome, UsageError):
+        _fail_usage(outcome)
+    if isinstance(outcome, SynthhostError):
+        click.echo(f"Error: {outcome.code}: {' '.join(outcome.message.split())}", err=True)
+        ctx.exit(1)
+    if isinstance(outcome, str):
+        click.echo(json.dumps({"run_id": outcome, "status": "queued"}) if as_json else outcome)
+        ctx.exit(0)
+    result: RunResult = outcome
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    elif result.ok:
+        click.echo(result.output or "")
+    if not result.ok:
+        click.echo(error_line(result), err=True)
+    ctx.exit(0 if result.ok else 1)
 
 
 def _fail_usage(exc: UsageError) -> NoReturn:

@@ -67,10 +67,12 @@ def schedule_command() -> None:
 @click.option("--max-runs", type=click.IntRange(min=1), metavar="N", help="Stop after starting N runs.")
 @click.option("--until", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop starting runs after SECONDS (runs in flight finish).")
+@click.option("--durable", is_flag=True,
+              help="Queue each tick as a durable run for synthhost worker processes, and wait for it.")
 @click.pass_context
 def run_schedule(
     ctx: click.Context, paths: tuple[str, ...], workspace: str | None, once: bool, max_runs: int | None,
-    until: float | None,
+    until: float | None, durable: bool,
 ) -> None:
     """Run scheduled agents (files, or directories of *.yaml) whenever they are due.
 
@@ -96,7 +98,8 @@ def run_schedule(
             async with open_host() as host:
                 for job in jobs:
                     check_providers(job.spec, host.registry.providers, job.spec.source)
-                scheduler = Scheduler(host, jobs, on_outcome=lambda o: click.echo(format_outcome(o)))
+                scheduler = Scheduler(host, jobs, on_outcome=lambda o: click.echo(format_outcome(o)),
+                                      durable=durable)
                 if once:
                     summary = await scheduler.run_pending(max_runs)
                 else:

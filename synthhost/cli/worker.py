@@ -1,7 +1,9 @@
-"""``synthhost worker``: a long-running process that delivers the outbox and runs the
+"""``synthhost worker``: a long-running process that executes durable runs (with the
+``durable`` extra: DBOS queues, see synthhost.durable), delivers the outbox and runs the
 scheduler, and nothing else (no HTTP). Any number of workers may share one database:
-outbox claims (``FOR UPDATE SKIP LOCKED``) and cron ticks (``cron_jobs``) are claimed
-atomically, so adding workers adds throughput without duplicates."""
+durable runs are dequeued by DBOS, outbox claims (``FOR UPDATE SKIP LOCKED``) and cron
+ticks (``cron_jobs``) are claimed atomically, so adding workers adds throughput without
+duplicates."""
 
 from __future__ import annotations
 
@@ -25,17 +27,32 @@ log = logging.getLogger("synthhost.worker")
 @click.option("-w", "--workspace", type=WORKSPACE, default=None, help="Run scheduled agents in this workspace.")
 @click.option("--until", type=click.FloatRange(min=0, min_open=True, max=10 * 365 * 86400), metavar="SECONDS",
               help="Stop after SECONDS (default: run until SIGTERM or Ctrl-C).")
-def worker_command(schedule_paths: tuple[Path, ...], workspace: str | None, until: float | None) -> None:
-    """Deliver the outbox to exporters (and run scheduled agents) until stopped.
+@click.option("--durable/--no-durable", default=None,
+              help="Execute durable runs (default: when the 'durable' extra is installed).")
+@click.option("-c", "--concurrency", type=click.IntRange(1, 10_000), default=4, show_default=True,
+              help="Durable runs this worker executes at once.")
+@click.option("-q", "--queues", default="synthhost-runs", show_default=True, metavar="NAMES",
+              help="Comma-separated durable queues to take runs from.")
+def worker_command(schedule_paths: tuple[Path, ...], workspace: str | None, until: float | None,
+                   durable: bool | None, concurrency: int, queues: str) -> None:
+    """Execute durable runs, deliver the outbox to exporters (and run scheduled agents)
+    until stopped.
 
     \b
-    SIGTERM or Ctrl-C stops it cleanly: deliveries in flight finish within
-    SYNTHHOST_SHUTDOWN_TIMEOUT, queued rows are flushed, exit status 0.
+    SIGTERM or Ctrl-C stops it cleanly: deliveries and durable runs in flight get
+    SYNTHHOST_SHUTDOWN_TIMEOUT to finish (unfinished runs go back to the queue for
+    the other workers), queued rows are flushed, exit status 0.
     """
     import anyio
 
     from synthhost.cli.context import Interrupted, open_host, run_async
 
+    queue_names = tuple(q.strip() for q in queues.split(",") if q.strip())
+    if not queue_names or any(len(q) > 100 or q.startswith("_dbos_") for q in queue_names):
+        raise UsageError(f"--queues {queues!r}: expected comma-separated queue names (at most 100 characters, "
+                         "not starting with _dbos_)")
+    if durable is None:
+        durable = _durable_installed()
     jobs = []
     if schedule_paths:
         from synthhost.scheduler import load_jobs
@@ -46,9 +63,18 @@ def worker_command(schedule_paths: tuple[Path, ...], workspace: str | None, unti
         try:
             async with open_host(env={**os.environ, "SYNTHHOST_DELIVERY": "inline"}) as host:  # this process delivers
                 exporters = sorted(host._outbox.lanes) if host._outbox is not None else []
+                runner = None
+                if durable:  # its settings are checked before any thread starts
+                    from synthhost.durable import Worker
+
+                    runner = Worker(host, queues=queue_names, concurrency=concurrency)
                 pruning = _start_pruning(host)
                 try:
+                    if runner is not None:
+                        await anyio.to_thread.run_sync(runner.start)
                     click.echo(f"worker: delivering to {', '.join(exporters) or 'no configured exporter'}"
+                               + (f"; durable runs from {', '.join(queue_names)} (executor {runner.executor_id},"
+                                  f" concurrency {concurrency})" if runner else "")
                                + (f"; {len(jobs)} scheduled agent(s)" if jobs else ""), err=True)
                     if jobs:
                         from synthhost.agent import check_providers
@@ -56,7 +82,7 @@ def worker_command(schedule_paths: tuple[Path, ...], workspace: str | None, unti
 
                         for job in jobs:
                             check_providers(job.spec, host.registry.providers, job.spec.source)
-                        scheduler = Scheduler(host, jobs)
+                        scheduler = Scheduler(host, jobs, durable=runner is not None)
                         await scheduler.prepare()
                         await scheduler.serve(until=until)
                     elif until is not None:
@@ -65,6 +91,9 @@ def worker_command(schedule_paths: tuple[Path, ...], workspace: str | None, unti
                         await anyio.sleep_forever()
                 finally:
                     pruning.set()  # before the host (and its engine) closes
+                    if runner is not None:
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(runner.stop, host.settings.shutdown_timeout_s)
         except SynthhostError as exc:
             return exc
         return None
@@ -77,6 +106,12 @@ def worker_command(schedule_paths: tuple[Path, ...], workspace: str | None, unti
     if outcome is not None:
         raise outcome
     click.echo("worker: done", err=True)
+
+
+def _durable_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("dbos") is not None
 
 
 def _start_pruning(host: Any) -> threading.Event:

@@ -183,8 +183,8 @@ class MetricsPlugin:
 
 
 class HostCollector(Collector):
-    """Scrape-time gauges: the writer's queue depth (this process) and outbox rows by
-    exporter and state (shared, from the database)."""
+    """Scrape-time gauges: the writer's queue depth (this process), outbox rows by
+    exporter and state, durable-run queues and live workers (shared, from the database)."""
 
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -210,6 +210,41 @@ class HostCollector(Collector):
                 lag.add_metric([exporter], float(row.get("oldest_pending_age_s") or 0.0))
         yield outbox
         yield lag
+        yield from self._durable()
+
+    def _durable(self) -> Iterator[Metric]:
+        """Durable-run queues (synthhost.durable), when the ``durable`` extra is there."""
+        import importlib.util
+
+        if importlib.util.find_spec("dbos") is None:
+            return
+        from synthhost import durable
+
+        runs = GaugeMetricFamily("synthhost_durable_runs", "Durable runs waiting (queued) or executing (running).",
+                                 labels=["queue", "state"])
+        wait = GaugeMetricFamily("synthhost_durable_oldest_queued_age_seconds",
+                                 "How long the oldest queued durable run has waited.", labels=["queue"])
+        recent = GaugeMetricFamily("synthhost_durable_queue_wait_seconds",
+                                   "Queue wait (enqueue to start) of the durable runs started in the last 5 minutes.",
+                                   labels=["queue", "quantile"])
+        workers = GaugeMetricFamily("synthhost_durable_workers", "Workers with a heartbeat younger than the TTL.")
+        try:
+            stats = durable.queue_stats(self.host)
+            live = len(durable.live_workers(self.host))
+        except Exception:  # the database is away: /readyz says so; keep /metrics up
+            stats, live = {}, 0
+        for queue, row in sorted(stats.items()):
+            runs.add_metric([queue, "queued"], float(row["queued"]))
+            runs.add_metric([queue, "running"], float(row["running"]))
+            wait.add_metric([queue], float(row["oldest_queued_age_s"] or 0.0))
+            if row["wait_p50_s"] is not None:
+                recent.add_metric([queue, "0.5"], float(row["wait_p50_s"]))
+                recent.add_metric([queue, "0.95"], float(row["wait_p95_s"]))
+        workers.add_metric([], float(live))
+        yield runs
+        yield wait
+        yield recent
+        yield workers
 
 
 def exposition(metrics: Metrics, host: Host) -> bytes:

@@ -3,12 +3,17 @@
 - ``POST /v1/runs``: ``{"agent": NAME}`` (``NAME.yaml`` in ``SYNTHHOST_AGENTS_DIR``) or
   ``{"spec": {...} | "yaml text"}``, with ``"inputs": {name: value}``. ``"wait": true``
   answers 200 with the run record when it has finished; otherwise 202 with its id at
-  once and the run goes on in this process. The run's workspace is the key's.
+  once and the run goes on in this process. ``"durable": true`` queues it for
+  ``synthhost worker`` processes instead (synthhost.durable; 202 with ``"status":
+  "queued"``; with ``"wait": true`` 200 once a worker has finished it, or 202 after
+  ``SYNTHHOST_DURABLE_WAIT_S``, 300). The run's workspace is the key's.
 - ``GET /v1/runs/{id}``: the run record (live in this process, else from the database).
 - ``GET /v1/runs/{id}/events``: server-sent events, one ``step`` event as each step ends,
-  then ``done`` with the run record (at once for a finished run).
-- ``POST /v1/runs/{id}/cancel``: cancels a run in progress in this process; the run
-  records ``cancelled`` (409 for a finished run, or one running in another process).
+  then ``done`` with the run record (at once for a finished run; a durable run on a
+  worker is followed through its rows).
+- ``POST /v1/runs/{id}/cancel``: cancels a run in progress in this process, or a
+  durable run wherever it is (it stops at its next step boundary); the run records
+  ``cancelled`` (409 for a finished run, or an in-process run of another process).
 
 Another workspace's run is 404, exactly like a run that does not exist. At shutdown,
 runs in progress get ``SYNTHHOST_SHUTDOWN_TIMEOUT`` to finish, then are cancelled (and
@@ -82,6 +87,10 @@ class Runs:
         self.agents_dir = Path(env["SYNTHHOST_AGENTS_DIR"]) if env.get("SYNTHHOST_AGENTS_DIR") else None
         raw = (env.get("SYNTHHOST_MAX_RUNS_IN_FLIGHT") or "").strip()
         self.max_live = int(raw) if raw.isdigit() and int(raw) > 0 else 100
+        try:
+            self.durable_wait_s = max(0.0, float(env.get("SYNTHHOST_DURABLE_WAIT_S") or 300))
+        except ValueError:
+            self.durable_wait_s = 300.0
 
     # -- the spec ---------------------------------------------------------------------
 
@@ -128,6 +137,9 @@ class Runs:
         wait = body.get("wait", False)
         if not isinstance(wait, bool):
             return bad_request("'wait' must be a boolean", "wait")
+        durable = body.get("durable", False)
+        if not isinstance(durable, bool):
+            return bad_request("'durable' must be a boolean", "durable")
         workspace = request.state.workspace
         try:
             spec = await anyio.to_thread.run_sync(self._spec, body)
@@ -137,6 +149,8 @@ class Runs:
             return not_found("no such agent")
         except SynthhostError as exc:
             return from_error(exc, self.host.redact)  # INVALID_AGENT, TEMPLATE_ERROR: 400
+        if durable:
+            return await self._durable(spec, given, workspace, wait)
         if wait:
             try:
                 result = await self.host.run(spec, inputs=given, workspace=workspace)
@@ -150,6 +164,22 @@ class Runs:
         self.live[live.run_id] = live
         self.group.start_soon(self._background, live, spec, given)
         return JSONResponse(live.snapshot(), status_code=202, headers={"Location": f"/v1/runs/{live.run_id}"})
+
+    async def _durable(self, spec: AgentSpec, inputs: dict[str, str], workspace: str, wait: bool) -> Response:
+        """Queued for ``synthhost worker`` processes (synthhost.durable): 202 with the id,
+        or with ``wait`` 200 with the record once a worker has finished it."""
+        try:
+            run_id = await self.host.enqueue(spec, inputs=inputs, workspace=workspace)
+            if wait:
+                # Bounded: with no worker up the run would wait forever; then it is 202.
+                with anyio.move_on_after(self.durable_wait_s):
+                    return JSONResponse(self._record(await self.host.wait_run(run_id)))
+        except SynthhostError as exc:
+            return from_error(exc, self.host.redact)
+        stored = await anyio.to_thread.run_sync(self._stored, run_id, workspace)
+        record = {"id": run_id, "object": "run", "workspace": workspace, "agent": spec.name, "status": "queued",
+                  **(stored or {}), "durable": True}
+        return JSONResponse(record, status_code=202, headers={"Location": f"/v1/runs/{run_id}"})
 
     async def _background(self, live: LiveRun, spec: AgentSpec, inputs: dict[str, str]) -> None:
         def on_step(index: int, total: int, step: StepResult) -> None:
@@ -212,9 +242,18 @@ class Runs:
         async def stream() -> Any:
             if live is None:
                 assert stored is not None
-                for step in stored["steps"]:
-                    yield sse("step", step)
-                yield sse("done", stored)
+                record, sent = stored, 0
+                while True:
+                    for step in record["steps"][sent:]:
+                        yield sse("step", step)
+                    sent = len(record["steps"])
+                    if record["status"] not in ("queued", "running"):
+                        break
+                    # Running elsewhere (a durable run on a worker): follow its rows.
+                    await anyio.sleep(0.2)
+                    fresh = await anyio.to_thread.run_sync(self._stored, record["id"], record["workspace"])
+                    record = fresh or record
+                yield sse("done", record)
                 return
             sent = 0
             while True:
@@ -235,6 +274,11 @@ class Runs:
         if live is None:
             if stored is None:
                 return not_found("no such run")
+            durable = None
+            if stored["status"] in ("queued", "running"):
+                durable = await self._cancel_durable(stored["id"], request.state.workspace)
+            if durable is not None:
+                return durable
             where = "runs in another server process" if stored["status"] == "running" else "has finished"
             return error_response(409, f"the run {where}", type="invalid_request_error", code="not_cancellable")
         live.scope.cancel()
@@ -242,6 +286,21 @@ class Runs:
             while live.record is None:
                 await live.changed.wait()
         return JSONResponse(live.snapshot())
+
+    async def _cancel_durable(self, run_id: str, workspace: str) -> Response | None:
+        """A durable run (on any worker): cancelled through DBOS; None for another kind."""
+        import importlib.util
+
+        if importlib.util.find_spec("dbos") is None:
+            return None
+        from synthhost import durable
+
+        try:
+            status = await anyio.to_thread.run_sync(durable.cancel, self.host, run_id)
+        except SynthhostError:  # not a durable run
+            return None
+        stored = await anyio.to_thread.run_sync(self._stored, run_id, workspace)
+        return JSONResponse({**(stored or {"id": run_id, "object": "run"}), "status": status})
 
     async def drain(self, timeout: float) -> None:
         """At shutdown: let runs finish within ``timeout``, then cancel the rest."""

@@ -14,6 +14,9 @@ starting with ``echo_``; they are not sent anywhere):
 - ``echo_usage``: a dict of :class:`synthhost.Usage` fields to report instead of the
   estimate (cost tests use it for cached and reasoning tokens);
 - ``echo_latency_ms``: simulated latency (default ``SYNTHHOST_ECHO_LATENCY_MS`` or 0);
+- ``SYNTHHOST_ECHO_CALL_LOG``: a file to which each call appends one JSON line (run,
+  step, attempt, pid, time) as it starts; the durable-run tests read it to prove which steps
+  ran again after a worker was killed;
 - streaming: with ``call.on_delta`` set, the answer is also passed on a word at a time
   (tool calls' arguments in two fragments), like a streaming provider;
 - ``echo_fail``: failures to inject, by attempt: a list (``["rate_limit", "timeout"]``
@@ -28,8 +31,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import time
 from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -57,8 +63,9 @@ class EchoProvider:
     supports_tools = True
     name = "echo"
 
-    def __init__(self, latency_ms: float = 0.0) -> None:
+    def __init__(self, latency_ms: float = 0.0, call_log: str | None = None) -> None:
         self.latency_ms = latency_ms
+        self.call_log = call_log
         self.calls: deque[Request] = deque(maxlen=1000)
         self.call_count = 0
 
@@ -75,6 +82,11 @@ class EchoProvider:
         self.call_count += 1
         self.calls.append(Request(request.model, request.provider, list(request.messages),
                                   dict(params), request.region, dict(request.metadata)))
+        if self.call_log:
+            line = json.dumps({"run": call.run_id, "step": call.step, "attempt": call.attempt, "pid": os.getpid(),
+                               "t": time.time()})
+            with open(self.call_log, "a") as log:  # one short append: atomic on POSIX
+                log.write(line + "\n")
         latency = float(params.get("echo_latency_ms", self.latency_ms) or 0)
         if latency > 0:
             await anyio.sleep(latency / 1000)
@@ -144,5 +156,9 @@ def _trailing_tool_results(messages: list[dict[str, Any]]) -> list[str]:
     return results[::-1]
 
 
+def from_env(env: Mapping[str, str]) -> EchoProvider:
+    return EchoProvider(float(env.get("SYNTHHOST_ECHO_LATENCY_MS", "0") or 0), env.get("SYNTHHOST_ECHO_CALL_LOG"))
+
+
 def factory(host: Host) -> EchoProvider:
-    return EchoProvider(float(host.settings.env.get("SYNTHHOST_ECHO_LATENCY_MS", "0") or 0))
+    return from_env(host.settings.env)

@@ -153,3 +153,20 @@ class RetentionPolicy(SQLModel, table=True):
     days: float | None = None
     updated_by: str | None = Field(default=None, max_length=200)
     updated_at: datetime = ts_column()
+
+
+class DurableWorker(SQLModel, table=True):
+    """A ``synthhost worker`` executing durable runs: its DBOS executor id and its last
+    heartbeat. A live worker hands the runs of one silent past the TTL to the queue
+    again (``synthhost.durable``)."""
+
+    __tablename__ = "durable_workers"
+
+    executor_id: str = Field(primary_key=True, max_length=100)
+    hostname: str = Field(max_length=200)
+    pid: int
+    app_version: str = Field(max_length=100)
+    queues: str = Field(max_length=1000)
+    concurrency: int
+    started_at: datetime = ts_column()
+    heartbeat_at: datetime = ts_column()

@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import SQLModel
 
+from synthhost.call import ID_SCOPE
 from synthhost.gil import CHUNK_ROWS, chunks, pause
 from synthhost.storage import spool
 
@@ -94,6 +95,12 @@ class BatchedWriter:
     def submit_values(
         self, table: sa.Table, values: dict[str, Any], *, upsert_on: tuple[str, ...] | None = None
     ) -> None:
+        scope = ID_SCOPE.get()
+        if scope is not None:  # inside a durable run (synthhost.steps)
+            if scope.abandoned:
+                return
+            if upsert_on is None:
+                upsert_on = _keep_first(table, values)
         with self._cond:
             if len(self._queue) >= self.max_pending:
                 self._wait_for_room()
@@ -351,12 +358,30 @@ class _Prepared:
         return out
 
 
+# ``upsert_on`` starting with this marker: insert or ignore (the first write wins).
+KEEP_FIRST = "!keep-first"
+
+
+def _keep_first(table: sa.Table, values: dict[str, Any]) -> tuple[str, ...] | None:
+    """The idempotent path for rows written inside a durable step (their ids are
+    deterministic, see ``synthhost.call.IdScope``): a step executed again after a crash
+    submits the same rows, and the ones already committed are ignored, not counted
+    twice. Tables whose key the row does not carry (the outbox numbers its rows) insert
+    as usual: a duplicate delivery carries the same event id, the receivers' dedupe key."""
+    keys = tuple(c.name for c in table.primary_key.columns)
+    if not keys or any(k not in values for k in keys):
+        return None
+    return (KEEP_FIRST, *keys)
+
+
 @functools.lru_cache(maxsize=1024)
 def _upsert_statement(dialect: str, table: sa.Table, keys: tuple[str, ...], columns: tuple[str, ...]) -> Any:
     """``INSERT .. ON CONFLICT (keys) DO UPDATE`` for rows with these columns, built once:
     building ``excluded`` copies every column of the table (it was a quarter of the
     writer thread's time, and the writer competes with calls for the GIL)."""
     stmt = (postgresql if dialect == "postgresql" else sqlite).insert(table)
+    if keys[0] == KEEP_FIRST:
+        return stmt.on_conflict_do_nothing(index_elements=list(keys[1:]))
     update = {k: stmt.excluded[k] for k in columns if k not in keys}
     if not update:
         return stmt.on_conflict_do_nothing(index_elements=list(keys))

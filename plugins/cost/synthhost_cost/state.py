@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 from synthhost import StashKey
+from synthhost.call import ID_SCOPE, new_id
 from synthhost_cost.models import COST_LOGS
 from synthhost_cost.plugin import DEFAULT_REFRESH_S, NO_USAGE, UNPRICED_MEMORY
 from synthhost_cost.pricing import ZERO_COST, Cost, PriceBook, PricingError, Quote
@@ -121,7 +122,9 @@ class CostState:
             stash[_UNPRICED] = True
             self._unpriced(call, provider, model, quote, note)
         status = "failed" if failed else "ok"
-        row_id = f"{self._id_prefix}{next(self._ids):016x}"
+        # Inside a durable step: the step's deterministic id (written once however often
+        # the step runs, see synthhost.steps).
+        row_id = new_id() if ID_SCOPE.get() is not None else f"{self._id_prefix}{next(self._ids):016x}"
         price_model = quote.model_id if quote is not None else None
         # submit_values, not submit(ModelCostLog(...)): the same queue and insert, without
         # building an SQLModel instance (~60 µs, three times this whole hook).
