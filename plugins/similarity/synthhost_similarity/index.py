@@ -49,7 +49,10 @@ Single-query products use ``np.einsum`` rather than ``@``: ``@`` goes to a
 multi-threaded BLAS whose threads, on a busy machine, turn a 0.1 ms product into 10 ms
 or more; einsum's loops are single-threaded SIMD and as fast for matrix-vector work.
 
-Rows are append-only; removing a row means rebuilding the index (rare: ``known rm``).
+Rows are appended; :meth:`VectorIndex.compact` drops rows in place (one pass over the
+matrix, order kept): the store evicts the oldest logged prompts in batches with it once
+a workspace's library is full (``SYNTHHOST_SIMILARITY_MAX_REFERENCES``). Removing a
+known prompt (``known rm``) still rebuilds the index.
 The codes are derived in memory from the stored vectors, so the projection's seed and
 the code layout are not part of any stored format.
 """
@@ -140,6 +143,7 @@ class VectorIndex(Generic[T]):
         self._codes: npt.NDArray[np.uint64] = np.zeros((_WORDS, max(capacity, 1)), np.uint64)
         self._items: list[T] = []
         self._scratch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._compactions = 0  # a grow_ahead copy taken before a compaction is stale
 
     def __len__(self) -> int:
         return self._n
@@ -193,11 +197,11 @@ class VectorIndex(Generic[T]):
         with self._lock:
             if not self.needs_room(fill):
                 return False
-            copied, cap = self._n, self.capacity * 2
+            copied, cap, compactions = self._n, self.capacity * 2, self._compactions
         vecs, codes = self._copy_into(cap, copied)  # the slow part, unlocked
         with self._lock:
-            if self.capacity >= cap:
-                return False  # an add had to grow meanwhile
+            if self.capacity >= cap or self._compactions != compactions:
+                return False  # an add had to grow, or rows moved, meanwhile
             n = self._n  # rows added during the copy
             vecs[copied:n] = self._vecs[copied:n]
             codes[:, copied:n] = self._codes[:, copied:n]
@@ -224,6 +228,25 @@ class VectorIndex(Generic[T]):
             self._items.extend(items)
             self._n = end
             return start
+
+    def compact(self, keep: npt.NDArray[np.bool_]) -> int:
+        """Drop the rows whose ``keep`` is False, in place, keeping the others' order
+        (rows added after ``keep`` was made are kept). Returns how many were dropped.
+        Row numbers change: a :class:`Match` from before names a different row after."""
+        with self._lock:
+            n = self._n
+            mask = np.ones(n, dtype=bool)
+            mask[: min(n, len(keep))] = keep[:n]
+            rows = np.flatnonzero(mask)
+            k = int(rows.size)
+            if k == n:
+                return 0
+            self._vecs[:k] = self._vecs[rows]
+            self._codes[:, :k] = self._codes[:, rows]
+            self._items = [self._items[i] for i in rows]
+            self._n = k
+            self._compactions += 1
+            return n - k
 
     def search(
         self,

@@ -73,6 +73,8 @@ def register_gate(register: RegisterGate) -> None:
 @hookimpl
 def register_retention(register: RegisterRetention) -> None:
     register("prompt_similarity_logs", "created_at")
+    # Logged prompts only: known prompts are an admin's, removed with ``known rm``.
+    register("prompt_references", "created_at", only={"kind": "prompt"})
 
 
 @hookimpl

@@ -70,6 +70,7 @@ log = logging.getLogger("synthhost.similarity")
 
 DEFAULT_THRESHOLD: Final = Decimal("0.85")
 DEFAULT_ACTION: Final = "blocked"
+DEFAULT_MAX_REFERENCES: Final = 100_000
 EVENT_LOGGED: Final = "prompt_similarity_logged"
 EVENT_FLAGGED: Final = "prompt_similarity_flagged"
 
@@ -114,6 +115,20 @@ def parse_action(value: str, source: str) -> str:
     if action not in ACTIONS or action == "allowed":
         raise UsageError(f"{source}: action {value!r} must be one of blocked, flagged, warned")
     return action
+
+
+def parse_max_references(value: str | None) -> int:
+    """``SYNTHHOST_SIMILARITY_MAX_REFERENCES``: logged prompts kept per workspace
+    (default 100,000; ``0``: no bound)."""
+    if value is None or not value.strip():
+        return DEFAULT_MAX_REFERENCES
+    try:
+        bound = int(value.replace("_", "").replace(",", ""))
+    except ValueError:
+        bound = -1
+    if bound < 0:
+        raise UsageError(f"SYNTHHOST_SIMILARITY_MAX_REFERENCES: {value!r} must be a whole number >= 0")
+    return bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +191,8 @@ class SimilarityService:
             refresh_s=float(env.get("SYNTHHOST_SIMILARITY_REFRESH_S") or 1.0),
             overlap_s=float(env.get("SYNTHHOST_SIMILARITY_REFRESH_OVERLAP_S") or 15.0),
             exact_limit=int(env.get("SYNTHHOST_SIMILARITY_EXACT_LIMIT") or EXACT_LIMIT),
+            max_references=parse_max_references(env.get("SYNTHHOST_SIMILARITY_MAX_REFERENCES")),
+            stats=host.stats,
         )
         # Index growth (copying a large matrix) runs on a thread of its own.
         self._queue: queue.Queue[GrowJob | object] = queue.Queue()
@@ -419,7 +436,7 @@ class SimilarityService:
                 "created_at": utcnow(),
             },
         )
-        library.add(Ref(ref_id, kind, text[:LOG_REFERENCE_TEXT_CAP]), digest, vector)
+        library.add(Ref(ref_id, kind, text[:LOG_REFERENCE_TEXT_CAP], digest), digest, vector)
         index = library.index
         if index is not None and index.needs_room() and not library.growing:
             # Copying a large matrix is for the worker thread, not the event loop.

@@ -13,6 +13,14 @@ prompts arrive through :meth:`ReferenceStore.refresh`, at most every ``refresh_s
 - Removing a reference (``known rm``) bumps the workspace's ``epoch`` in
   ``similarity_settings``; a process that sees a new epoch rebuilds the index.
 - The same query round reads the workspace's threshold and action.
+- A library holds at most ``max_references`` (``SYNTHHOST_SIMILARITY_MAX_REFERENCES``)
+  automatically logged prompts: past that, the oldest (in index order: load order by
+  ``created_at``, then arrival) are evicted down to 90 % of the bound, so the in-place
+  compaction runs once per ``max_references / 10`` additions, not per add. Known
+  prompts (``known add``) are never evicted and do not count. Evictions are counted
+  (``similarity.references_evicted`` in the host's stats), logged once per workspace,
+  and deleted from ``prompt_references`` by the next refresh (with the workspace's
+  prompt rows beyond the bound, oldest first, for rows other processes wrote).
 
 Blocking database work: call :meth:`refresh` from a worker thread, never the event loop.
 """
@@ -23,7 +31,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -60,6 +68,7 @@ class Ref:
     id: str
     kind: str
     preview: str
+    text_hash: str = ""  # to forget the text when the row is evicted
 
 
 @dataclass
@@ -76,6 +85,11 @@ class WorkspaceLibrary:
     next_refresh: float = 0.0
     exact_limit: int = EXACT_LIMIT
     keep_recent_s: float = 15.0
+    max_references: int = 0  # logged prompts kept; 0: no bound
+    prompts: int = 0  # logged prompts (kind "prompt") in the index
+    evicted_ids: list[str] = field(default_factory=list)  # to delete from the table
+    warned: set[str] = field(default_factory=set)  # workspaces whose eviction was logged (shared)
+    stats: Counter[str] = field(default_factory=Counter)
     growing: bool = False  # a GrowJob is queued for this library's index
     # Rows this process added lately: their commit may trail a full reload, which must
     # not drop them from the index.
@@ -113,13 +127,53 @@ class WorkspaceLibrary:
         self.index.add(vector, ref)
         self.ids.add(ref.id)
         self.hashes.add(text_hash)
+        if ref.kind == "prompt":
+            self.prompts += 1
+            self.evict()
         return True
+
+    def evict(self) -> int:
+        """Drop the oldest logged prompts once there are more than ``max_references``,
+        down to 90 % of it (callers hold ``mutate_lock``). Returns how many."""
+        index = self.index
+        if index is None or not self.max_references or self.prompts <= self.max_references:
+            return 0
+        drop = self.prompts - (self.max_references - self.max_references // 10)
+        items = index.items()
+        keep = np.ones(len(items), dtype=bool)
+        dropped: list[Ref] = []
+        for row, ref in enumerate(items):
+            if ref.kind == "prompt":
+                keep[row] = False
+                dropped.append(ref)
+                if len(dropped) == drop:
+                    break
+        index.compact(keep)
+        for ref in dropped:
+            self.ids.discard(ref.id)
+            self.hashes.discard(ref.text_hash)
+            self.evicted_ids.append(ref.id)
+        self.prompts -= len(dropped)
+        self.stats["similarity.references_evicted"] += len(dropped)
+        if self.workspace not in self.warned:
+            self.warned.add(self.workspace)
+            log.warning(
+                "similarity: workspace %s reached %d logged references; evicting the oldest "
+                "(%d now; SYNTHHOST_SIMILARITY_MAX_REFERENCES, counted in "
+                "similarity.references_evicted; logged once)",
+                self.workspace,
+                self.max_references,
+                len(dropped),
+            )
+        return len(dropped)
 
     def replace(self, fresh: WorkspaceLibrary, epoch: int) -> None:
         """Take a freshly loaded library's contents (holders of ``self`` see them), and
         keep this process's recent additions that the load did not see yet."""
         with self.mutate_lock:
             self.index, self.ids, self.hashes = fresh.index, fresh.ids, fresh.hashes
+            self.prompts = fresh.prompts
+            self.evicted_ids.extend(fresh.evicted_ids)
             self.watermark, self.epoch, self.loaded = fresh.watermark, epoch, True
             for _, ref, digest, vector in self.recent:
                 self._add(ref, digest, vector)
@@ -134,12 +188,17 @@ class ReferenceStore:
         refresh_s: float = 1.0,
         overlap_s: float = 15.0,
         exact_limit: int | None = None,
+        max_references: int = 0,
+        stats: Counter[str] | None = None,
     ) -> None:
         self.engine = engine
         self.embedder_name = embedder_name
         self.refresh_s = refresh_s
         self.overlap = timedelta(seconds=overlap_s)
         self.exact_limit = EXACT_LIMIT if exact_limit is None else exact_limit
+        self.max_references = max_references
+        self.stats: Counter[str] = stats if stats is not None else Counter()
+        self._warned: set[str] = set()
         self._libraries: dict[str, WorkspaceLibrary] = {}
         self._lock = threading.Lock()
 
@@ -151,7 +210,14 @@ class ReferenceStore:
         return lib
 
     def _new_library(self, workspace: str) -> WorkspaceLibrary:
-        return WorkspaceLibrary(workspace, exact_limit=self.exact_limit, keep_recent_s=self.overlap.total_seconds())
+        return WorkspaceLibrary(
+            workspace,
+            exact_limit=self.exact_limit,
+            keep_recent_s=self.overlap.total_seconds(),
+            max_references=self.max_references,
+            stats=self.stats,
+            warned=self._warned,
+        )
 
     def needs_refresh(self, workspace: str) -> bool:
         lib = self._libraries.get(workspace)
@@ -192,12 +258,35 @@ class ReferenceStore:
                 lib.replace(self._load(conn, workspace), epoch)
             else:
                 self._load_new(conn, lib)
+        if lib.evicted_ids:
+            self._delete_evicted(lib)
         if settings is None:
             lib.threshold, lib.action = None, None
         else:
             threshold = settings.threshold
             lib.threshold = Decimal(threshold) if threshold is not None else None
             lib.action = settings.action
+
+    def _delete_evicted(self, lib: WorkspaceLibrary) -> None:
+        """Delete the rows this library evicted, then any logged prompts of the
+        workspace beyond the bound (other processes' rows, rows committed after their
+        eviction), oldest first. Known prompts are never touched."""
+        t = REFS
+        with lib.mutate_lock:
+            ids, lib.evicted_ids = lib.evicted_ids, []
+        prompts = sa.and_(self._where(lib.workspace), t.c.kind == "prompt")
+        with self.engine.begin() as conn:
+            for start in range(0, len(ids), 500):
+                conn.execute(sa.delete(t).where(prompts, t.c.id.in_(ids[start : start + 500])))
+            beyond = (
+                sa.select(t.c.id)
+                .where(prompts)
+                .order_by(t.c.created_at.desc(), t.c.id.desc())
+                .offset(self.max_references)
+                .limit(LOAD_BATCH)
+            )
+            while self.max_references and (old := [row.id for row in conn.execute(beyond)]):
+                conn.execute(sa.delete(t).where(t.c.id.in_(old)))
 
     def _columns(self) -> list[sa.ColumnElement[object]]:
         t = REFS
@@ -269,7 +358,7 @@ class ReferenceStore:
                 continue  # another dimension of the same embedder name: not comparable
             lib.ids.add(row.id)
             lib.hashes.add(row.text_hash)
-            refs.append(Ref(row.id, row.kind, row.preview or ""))
+            refs.append(Ref(row.id, row.kind, row.preview or "", row.text_hash))
             vectors.append(bytes(row.vector))
         if not refs or dim is None:
             return
@@ -277,6 +366,8 @@ class ReferenceStore:
         if lib.index is None:
             lib.index = VectorIndex(dim, capacity=max(256, len(refs)), exact_limit=lib.exact_limit)
         lib.index.add_many(matrix, refs)
+        lib.prompts += sum(ref.kind == "prompt" for ref in refs)
+        lib.evict()
 
 
 def _batches(result: sa.CursorResult[Any]) -> Iterator[Sequence[Any]]:

@@ -232,3 +232,27 @@ def test_similarity_cutoffs_follow_the_binomial_model() -> None:
     index.add_many(rows, list(range(len(rows))))
     dist = index._hamming(query.astype(np.float32)).astype(int)
     assert 0.4 < float(np.mean(dist <= lo)) < 0.65 and int(dist.max()) <= hi
+
+
+def test_similarity_index_compact_drops_rows_in_place_and_keeps_search_exact() -> None:
+    rng = np.random.default_rng(7)
+    vecs = rng.standard_normal((600, 32)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    index: VectorIndex[int] = VectorIndex(32, capacity=8, exact_limit=64, candidates=16)
+    index.add_many(vecs, list(range(600)))
+    keep = np.ones(600, dtype=bool)
+    keep[:250] = False  # the oldest
+    keep[400:420] = False
+    assert index.compact(keep[:500]) == 270  # rows beyond the mask are kept
+    survivors = np.flatnonzero(keep)
+    assert index.items() == survivors.tolist() and len(index) == 330
+    for q in range(0, 600, 7):  # same decision as an exhaustive scan over the survivors
+        got = index.search(vecs[q], threshold=0.5)
+        scores = vecs[survivors] @ vecs[q]
+        assert got is not None and got.item == int(survivors[np.argmax(scores)])
+        assert got.score == pytest.approx(float(scores.max()), abs=1e-5)
+    # keeping every row changes nothing, and adds go on after a compaction
+    assert index.compact(np.ones(330, dtype=bool)) == 0
+    index.add(vecs[0], 0)
+    match = index.search(vecs[0])
+    assert match is not None and match.item == 0

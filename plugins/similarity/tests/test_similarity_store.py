@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -11,11 +12,14 @@ import sqlalchemy as sa
 
 import synthhost_similarity
 from synthhost.call import new_id
+from synthhost.errors import UsageError
+from synthhost.retention import prune
 from synthhost.storage.models import utcnow
 from synthhost_similarity import admin
 from synthhost_similarity.embedders import HashedNgramEmbedder
 from synthhost_similarity.models import vector_to_bytes
-from synthhost_similarity.store import REFS, ReferenceStore, text_hash
+from synthhost_similarity.service import parse_max_references
+from synthhost_similarity.store import REFS, Ref, ReferenceStore, text_hash
 
 EMBEDDER = HashedNgramEmbedder()
 
@@ -97,3 +101,77 @@ def test_similarity_store_keeps_serving_when_a_refresh_fails(make_host: Any, mon
     assert match is not None and match.item.id == a
     with pytest.raises(sa.exc.OperationalError):
         store.refresh("w2")  # never loaded: nothing to serve, the caller decides
+
+
+def _count(engine: sa.Engine, workspace: str, kind: str) -> int:
+    query = sa.select(sa.func.count()).where(REFS.c.workspace_id == workspace, REFS.c.kind == kind)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def test_similarity_store_bounds_logged_references_and_keeps_known_ones(make_host: Any, caplog: Any) -> None:
+    host = make_host(synthhost_similarity)
+    host.migrate()
+    engine = host.engine
+    texts = [f"logged prompt number {i} about topic {i * 7919 % 97}" for i in range(30)]
+    known = [insert(engine, "w1", f"known secret recipe {i}", kind="known", age_s=1000.0) for i in range(4)]
+    logged = [insert(engine, "w1", text, age_s=100.0 - i) for i, text in enumerate(texts)]  # oldest first
+    other = insert(engine, "w2", texts[0], age_s=500.0)  # another workspace: its own bound
+    unbounded = ReferenceStore(engine, EMBEDDER.name, refresh_s=0.0).refresh("w1")
+    stats: Counter[str] = Counter()
+    store = ReferenceStore(engine, EMBEDDER.name, refresh_s=0.0, max_references=10, stats=stats)
+
+    with caplog.at_level("WARNING", logger="synthhost.similarity"):
+        lib = store.refresh("w1")
+        # 30 logged > 10: the oldest evicted down to 9 (90 %), every known one kept
+        assert lib.prompts == 9 and len(lib) == 13
+        assert set(known) <= lib.ids and lib.ids == set(known) | set(logged[21:])
+        assert stats["similarity.references_evicted"] == 21
+        # the table follows in the same refresh: the evicted rows are gone, known ones stay
+        assert _count(engine, "w1", "prompt") == 9 and _count(engine, "w1", "known") == 4
+        assert _count(engine, "w2", "prompt") == 1 and store.refresh("w2").ids == {other}
+
+        # local adds (this process's prompts) keep it bounded as well
+        for i in range(5):
+            text = f"a fresh prompt {i}"
+            ref = Ref(new_id(), "prompt", text, text_hash(text))
+            assert lib.add(ref, text_hash(text), EMBEDDER.embed([text])[0])
+        # 9 + 5: evicted at 11 back to 9, twice
+        assert lib.prompts == 10 and len(lib) == 14 and set(known) <= lib.ids
+        assert stats["similarity.references_evicted"] == 25
+        assert text_hash(texts[21]) not in lib.hashes  # an evicted text may be logged again
+    warnings = [r for r in caplog.records if "evicting the oldest" in r.getMessage()]
+    assert len(warnings) == 1 and "w1" in warnings[0].getMessage()
+
+    # decisions on surviving rows are those of the unbounded library
+    for text in [f"known secret recipe {i}" for i in range(4)] + texts[26:]:
+        vector = EMBEDDER.embed([text])[0]
+        got, want = lib.search(vector, 0.85), unbounded.search(vector, 0.85)
+        assert got is not None and want is not None
+        assert got.item.id == want.item.id and got.score == pytest.approx(want.score)
+
+    # a fresh process loading the table sees the bound too (known ones untouched)
+    reloaded = ReferenceStore(engine, EMBEDDER.name, refresh_s=0.0, max_references=10).refresh("w1")
+    assert reloaded.prompts <= 10 and set(known) <= reloaded.ids
+
+
+def test_similarity_references_are_under_retention_known_ones_are_not(make_host: Any) -> None:
+    host = make_host(synthhost_similarity)
+    host.migrate()
+    engine = host.engine
+    assert host.registry.retention["prompt_references"].only == (("kind", "prompt"),)
+    old_known = insert(engine, "w1", "an admin's known prompt", kind="known", age_s=40 * 86400.0)
+    insert(engine, "w1", "an old logged prompt", age_s=40 * 86400.0)
+    new = insert(engine, "w1", "a new logged prompt")
+    env = {"SYNTHHOST_RETENTION_PROMPT_REFERENCES_DAYS": "30"}
+    (result,) = [r for r in prune(engine, env, host.registry.retention) if r.table == "prompt_references"]
+    assert result.rows == 1
+    with engine.connect() as conn:
+        assert set(conn.execute(sa.select(REFS.c.id)).scalars()) == {old_known, new}
+
+
+def test_similarity_max_references_setting() -> None:
+    assert parse_max_references(None) == 100_000 and parse_max_references("") == 100_000
+    assert parse_max_references("5_000") == 5000 and parse_max_references("0") == 0
+    with pytest.raises(UsageError, match="SYNTHHOST_SIMILARITY_MAX_REFERENCES: 'lots'"):
+        parse_max_references("lots")
