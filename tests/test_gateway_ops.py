@@ -190,6 +190,7 @@ def test_metrics_count_calls_denials_tokens_and_plugin_errors(served: Any) -> No
     assert _sample(text, "synthhost_tokens_total", **labels, direction="output") > 0
     assert _sample(text, "synthhost_plugin_errors_total", plugin="acme_notes", hook="pre_call") == 1
     assert "synthhost_writer_queue_depth" in text
+    assert _sample(text, "synthhost_host_stat", counter="plugin_errors") == host.stats["plugin_errors"] >= 1
     assert _sample(text, "synthhost_events_total", type="plugin_error", status="error") == 1
     assert _sample(text, "synthhost_events_total", type="run_finished", status="success") == 3
     assert 'workspace="' not in text  # off unless SYNTHHOST_METRICS_WORKSPACE_LABEL
@@ -197,6 +198,16 @@ def test_metrics_count_calls_denials_tokens_and_plugin_errors(served: Any) -> No
     assert _sample(text, "synthhost_http_requests_total", **route, status="200") == 3
     assert _sample(text, "synthhost_http_requests_total", **route, status="403") == 1
     assert _sample(text, "synthhost_http_request_duration_seconds_count", route="/v1/chat/completions") == 4
+
+
+def test_metrics_carry_the_hosts_counters_plugins_included(served: Any) -> None:
+    host, url, _ = served
+    host.stats["similarity.references_evicted"] += 21  # what the similarity plugin counts
+    text = httpx.get(url + "/metrics").text
+    assert _sample(text, "synthhost_host_stat", counter="similarity.references_evicted") == 21
+    host.stats["similarity.references_evicted"] += 4
+    text = httpx.get(url + "/metrics").text
+    assert _sample(text, "synthhost_host_stat", counter="similarity.references_evicted") == 25
 
 
 def test_metrics_workspace_label_behind_a_setting(make_host: Any) -> None:

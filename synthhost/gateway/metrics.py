@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 NOT_DENIALS = ("UNKNOWN_PROVIDER", "CANCELLED", "STORAGE_UNAVAILABLE")
 HOOK_DRAIN_INTERVAL_S = 1.0
+MAX_HOST_STATS = 500
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -183,8 +184,9 @@ class MetricsPlugin:
 
 
 class HostCollector(Collector):
-    """Scrape-time gauges: the writer's queue depth (this process), outbox rows by
-    exporter and state, durable-run queues and live workers (shared, from the database)."""
+    """Scrape-time gauges: the writer's queue depth and the host's counters (this
+    process), outbox rows by exporter and state, durable-run queues and live workers
+    (shared, from the database)."""
 
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -210,7 +212,19 @@ class HostCollector(Collector):
                 lag.add_metric([exporter], float(row.get("oldest_pending_age_s") or 0.0))
         yield outbox
         yield lag
+        yield self._host_stats()
         yield from self._durable()
+
+    def _host_stats(self) -> Metric:
+        """Every numeric counter of ``host.stats`` (writer rows, spool replays, cron,
+        ``similarity.references_evicted``...), so a plugin's counter reaches /metrics
+        without a metric of its own. The names are fixed in code; capped all the same."""
+        family = GaugeMetricFamily("synthhost_host_stat", "Counters of this process's host (host.stats), "
+                                   "by counter name.", labels=["counter"])
+        numeric = [(k, v) for k, v in list(self.host.stats.items()) if isinstance(v, int | float)]
+        for name, value in sorted(numeric)[:MAX_HOST_STATS]:
+            family.add_metric([name], float(value))
+        return family
 
     def _durable(self) -> Iterator[Metric]:
         """Durable-run queues (synthhost.durable), when the ``durable`` extra is there."""
