@@ -285,6 +285,25 @@ def repair_changes(output: Any, call: Call) -> tuple[dict[str, Any], float, str,
     return changes, delay, strategy, str(output.get("reason") or "")[:300]
 
 
+def tool_repair_arguments(output: Any, args: dict[str, Any]) -> dict[str, Any] | None:
+    """The repaired arguments of ``{"action": "repair", "request": {"arguments": {...}}}``
+    (``agent_recovery`` for a failed tool call), or None for ``none``/``give_up``. A
+    "repair" that changes nothing is refused, as for calls."""
+    if not isinstance(output, dict):
+        raise Refused(f"agent_recovery output is not an object: {str(output)[:100]}")
+    if output.get("action") in ("none", "give_up", None):
+        return None
+    if output.get("action") != "repair":
+        raise Refused(f"agent_recovery action {output.get('action')!r} is not repair or none")
+    repaired = output.get("request")
+    arguments = repaired.get("arguments") if isinstance(repaired, dict) else None
+    if not isinstance(arguments, dict):
+        raise Refused("agent_recovery returned no repaired arguments (request.arguments)")
+    if arguments == args:
+        raise Refused("the repaired arguments are identical to the ones that failed")
+    return dict(arguments)
+
+
 def _finite(value: Any) -> float:
     try:
         number = float(value or 0)

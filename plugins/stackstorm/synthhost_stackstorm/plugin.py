@@ -253,44 +253,107 @@ TOOL_CODES: Final = {"TOOL_TIMEOUT": "PROVIDER_TIMEOUT", "TOOL_ERROR": "PROVIDER
 
 @hookimpl
 async def on_tool_failure(tool: ToolCall, result: ToolResult, attempt: int) -> Recovery | None:
-    """Retry mode for tools: ``llm_retry`` decides whether and when a failed tool call is
-    tried again (the host calls the tool again with the same arguments)."""
-    code = TOOL_CODES.get(result.error_code or "")
-    if code is None or not tool.host.flags.is_enabled(tool.workspace, RETRY_FLAG):
-        return None
+    """Tool failures, like call failures, in two modes: with ``enable_stackstorm_retry``
+    ``llm_retry`` decides whether and when a failed tool call is tried again with the same
+    arguments (not for bad arguments: the same call would fail again); then, with
+    ``enable_stackstorm_repair_execution``, ``agent_recovery`` (``failure_type:
+    tool_failure``) may answer ``{"action": "repair", "request": {"arguments": {...}}}``
+    and the host calls the tool again with those arguments."""
+    flags = tool.host.flags
     state = _STATES.get(tool.host) or state_for(tool.host)
     config = state.config
     if config is None:
         return None
+    code = TOOL_CODES.get(result.error_code or "")
+    if code is not None and flags.is_enabled(tool.workspace, RETRY_FLAG):
+        recovery = await _tool_retry(state, config, tool, result, attempt, code)
+        if recovery is not None:
+            return recovery
+    if (code is not None or result.error_code == "TOOL_BAD_ARGUMENTS") and \
+            flags.is_enabled(tool.workspace, REPAIR_FLAG):
+        return await _tool_repair(state, config, tool, result, attempt)
+    return None
+
+
+def _tool_context(tool: ToolCall) -> dict[str, Any]:
+    return {"workspace": tool.workspace, "agent": tool.agent, "step": tool.step, "run_id": tool.run_id,
+            "trace_id": tool.trace_id, "span_id": tool.span_id, "tool": tool.name}
+
+
+def _tool_request(tool: ToolCall) -> dict[str, Any]:
+    # The workflows read original_request.model (their outputs name it): the tool stands in.
+    return {"tool": tool.name, "source": tool.source, "arguments": tool.args, "model": f"tool:{tool.name}"}
+
+
+async def _tool_execution(state: Any, config: Config, tool: ToolCall, mode: str, ref: str,
+                          parameters: dict[str, Any], attempt: int) -> Execution | None:
     client = state.client
-    ref = config.ref("llm_retry")
-    parameters = {
-        # llm_retry reads original_request.model (its output names it): the tool stands in.
-        "original_request": {"tool": tool.name, "source": tool.source, "arguments": tool.args,
-                             "model": f"tool:{tool.name}"},
-        "failure_reason": result.content[:1000], "error_code": code, "retryable": True, "attempt": attempt,
-        "max_attempts": MAX_TOOL_ATTEMPTS, "base_delay_s": 0.5, "max_delay_s": 10.0,
-        "context": {"workspace": tool.workspace, "agent": tool.agent, "step": tool.step, "run_id": tool.run_id,
-                    "trace_id": tool.trace_id, "span_id": tool.span_id, "tool": tool.name},
-    }
     try:
         async with client.St2Client(config) as st2:
-            execution = await st2.run(ref, parameters, timeout_s=config.timeout_s)
+            execution: Execution = await st2.run(ref, parameters, timeout_s=config.timeout_s)
+            return execution
     except client.St2Error as exc:
-        tool.emit("stackstorm_error", status="error", mode="tool_retry", kind=exc.kind, message=exc.message,
+        tool.emit("stackstorm_error", status="error", mode=mode, kind=exc.kind, message=exc.message,
                   attempt=attempt)
-        state.warn(exc.kind, "stackstorm: tool retry: %s", exc.message)
+        state.warn(exc.kind, "stackstorm: %s: %s", mode, exc.message)
+        return None
+
+
+def _tool_executed(tool: ToolCall, mode: str, execution: Execution, attempt: int, decision: str,
+                   **extra: Any) -> None:
+    entry = {"mode": mode, "action": execution.action, "execution_id": execution.id,
+             "st2_status": execution.status, "attempt": attempt, "decision": decision, **extra}
+    tool.attributes.setdefault("stackstorm", []).append(entry)
+    tool.emit("stackstorm_execution", status="success" if execution.status == "succeeded" else "error", **entry)
+
+
+async def _tool_retry(state: Any, config: Config, tool: ToolCall, result: ToolResult, attempt: int,
+                      code: str) -> Recovery | None:
+    ref = config.ref("llm_retry")
+    parameters = {
+        "original_request": _tool_request(tool),
+        "failure_reason": result.content[:1000], "error_code": code, "retryable": True, "attempt": attempt,
+        "max_attempts": MAX_TOOL_ATTEMPTS, "base_delay_s": 0.5, "max_delay_s": 10.0,
+        "context": _tool_context(tool),
+    }
+    execution = await _tool_execution(state, config, tool, "tool_retry", ref, parameters, attempt)
+    if execution is None:
         return None
     output = execution.output if isinstance(execution.output, dict) else {}
     retry = output.get("action") == "retry"
     delay = decisions.bounded_delay(output.get("delay_s"), 10.0) if retry else 0.0
-    entry = {"mode": "tool_retry", "action": execution.action, "execution_id": execution.id,
-             "st2_status": execution.status, "attempt": attempt, "decision": "retry" if retry else "give_up"}
-    tool.attributes.setdefault("stackstorm", []).append(entry)
-    tool.emit("stackstorm_execution", status="success" if execution.status == "succeeded" else "error", **entry)
+    _tool_executed(tool, "tool_retry", execution, attempt, "retry" if retry else "give_up")
     if not retry or delay is None:
         return None
     return Recovery("retry", delay=delay, reason=f"stackstorm {ref} {execution.id}: {_reason(execution) or 'retry'}")
+
+
+async def _tool_repair(state: Any, config: Config, tool: ToolCall, result: ToolResult,
+                       attempt: int) -> Recovery | None:
+    ref = config.ref("agent_recovery")
+    parameters = {
+        "agent_id": tool.agent or "", "failure_type": "tool_failure",
+        "failure_details": {"error_code": result.error_code or "", "message": result.content[:2000],
+                            "retryable": result.error_code != "TOOL_BAD_ARGUMENTS"},
+        "original_request": _tool_request(tool), "attempt": attempt, "max_attempts": MAX_TOOL_ATTEMPTS,
+        "context": _tool_context(tool),
+    }
+    execution = await _tool_execution(state, config, tool, "tool_repair", ref, parameters, attempt)
+    if execution is None:
+        return None
+    try:
+        repaired = decisions.tool_repair_arguments(execution.output, tool.args)
+    except Refused as exc:
+        tool.emit("stackstorm_error", status="error", mode="tool_repair", kind="invalid_response",
+                  message=f"{ref} execution {execution.id}: answer refused: {exc}", attempt=attempt)
+        return None
+    if repaired is None:
+        _tool_executed(tool, "tool_repair", execution, attempt, "none", reason=_reason(execution))
+        return None
+    _tool_executed(tool, "tool_repair", execution, attempt, "repair", changed=sorted(
+        k for k in {*repaired, *tool.args} if repaired.get(k) != tool.args.get(k)))
+    return Recovery("reroute", changes={"args": repaired},
+                    reason=f"stackstorm {ref} {execution.id}: repaired arguments {_reason(execution)}".strip())
 
 
 # -- the three modes ---------------------------------------------------------------------------
