@@ -245,11 +245,9 @@ def _messages(value: Any) -> list[dict[str, Any]]:
     return out
 
 
-def repair_changes(output: Any, call: Call) -> tuple[dict[str, Any], float, str, str] | None:
-    """``(changes, delay_s, strategy, reason)`` for ``{"action": "repair", "request":
-    {"messages"?, "params"?}}``. ``params`` entries are merged over the current ones
-    (``null`` removes one); a "repair" that changes nothing is refused (it would be a
-    plain retry presented as a repair)."""
+def _repaired(output: Any) -> dict[str, Any] | None:
+    """``agent_recovery``'s ``request`` when it answered ``repair``; None for ``none``/
+    ``give_up``; :class:`Refused` for anything else."""
     if not isinstance(output, dict):
         raise Refused(f"agent_recovery output is not an object: {str(output)[:100]}")
     if output.get("action") in ("none", "give_up", None):
@@ -259,6 +257,17 @@ def repair_changes(output: Any, call: Call) -> tuple[dict[str, Any], float, str,
     repaired = output.get("request")
     if not isinstance(repaired, dict):
         raise Refused("agent_recovery returned no repaired request")
+    return repaired
+
+
+def repair_changes(output: Any, call: Call) -> tuple[dict[str, Any], float, str, str] | None:
+    """``(changes, delay_s, strategy, reason)`` for ``{"action": "repair", "request":
+    {"messages"?, "params"?}}``. ``params`` entries are merged over the current ones
+    (``null`` removes one); a "repair" that changes nothing is refused (it would be a
+    plain retry presented as a repair)."""
+    repaired = _repaired(output)
+    if repaired is None:
+        return None
     request = call.request
     changes: dict[str, Any] = {}
     if repaired.get("messages") is not None:
@@ -289,14 +298,10 @@ def tool_repair_arguments(output: Any, args: dict[str, Any]) -> dict[str, Any] |
     """The repaired arguments of ``{"action": "repair", "request": {"arguments": {...}}}``
     (``agent_recovery`` for a failed tool call), or None for ``none``/``give_up``. A
     "repair" that changes nothing is refused, as for calls."""
-    if not isinstance(output, dict):
-        raise Refused(f"agent_recovery output is not an object: {str(output)[:100]}")
-    if output.get("action") in ("none", "give_up", None):
+    repaired = _repaired(output)
+    if repaired is None:
         return None
-    if output.get("action") != "repair":
-        raise Refused(f"agent_recovery action {output.get('action')!r} is not repair or none")
-    repaired = output.get("request")
-    arguments = repaired.get("arguments") if isinstance(repaired, dict) else None
+    arguments = repaired.get("arguments")
     if not isinstance(arguments, dict):
         raise Refused("agent_recovery returned no repaired arguments (request.arguments)")
     if arguments == args:
