@@ -266,21 +266,21 @@ class ChatStream(Response):
                 await response(scope, _no_receive, send)
                 return
             assert self.answer is not None
-            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
             body = b"".join(buffered_events(self.answer, model, self.completion_id, self.created, include_usage))
-            await send({"type": "http.response.body", "body": body, "more_body": True})
             self._observe(200)
+            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+            await send({"type": "http.response.body", "body": body, "more_body": True})
             await send({"type": "http.response.body", "body": closing_events(
                 self.answer, model, self.completion_id, self.created, include_usage), "more_body": False})
             return
-        await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
         first_delta = delta_dict(first)
         if "content" in first_delta:
             body = event(_choice(_role(first_delta["content"])))
         else:
             body = event(_choice(_role())) + event(_choice(first_delta))
+        self._observe(200)  # the first byte: what the time-to-first-byte histogram measures
+        await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
         await send({"type": "http.response.body", "body": body, "more_body": True})
-        self._observe(200)
         async for delta in deltas:
             # Whatever else has arrived goes out in the same write.
             body = event(_choice(delta_dict(delta)))
