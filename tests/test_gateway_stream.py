@@ -252,10 +252,10 @@ def test_an_output_guardrail_holds_the_stream_for_its_workspace_only(served: tup
 
     # Another workspace (guardrails off for it) streams live: delta 1 before the release.
     live, _ = create_key(host.engine, "live")
-    chunks = iter(sdk(url, live).chat.completions.create(model="gated/m", messages=messages(), stream=True))
-    assert next(chunks).choices[0].delta.content == "one "
+    live_chunks = iter(sdk(url, live).chat.completions.create(model="gated/m", messages=messages(), stream=True))
+    assert next(live_chunks).choices[0].delta.content == "one "
     gated.release.set()
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "two three"
+    assert "".join(c.choices[0].delta.content or "" for c in live_chunks if c.choices) == "two three"
     assert gated.streamed_calls == 1
 
 
