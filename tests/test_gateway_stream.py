@@ -190,6 +190,38 @@ def test_deltas_are_relayed_as_they_arrive_with_the_sync_sdk(served: tuple[Host,
     assert gated.calls == gated.streamed_calls == 1
 
 
+def test_a_streamed_call_is_recorded_exactly_as_a_non_streamed_one(served: tuple[Host, str]) -> None:
+    host, url = served
+    host.flags.set(COST_FLAG, True, workspace="a")
+    host.flags.set(COST_FLAG, True, workspace="b")
+    plain, _ = create_key(host.engine, "a")
+    streaming, _ = create_key(host.engine, "b")
+    text = "the same answer, streamed word by word or sent whole"
+    reply = sdk(url, plain).chat.completions.create(model="echo/gpt-4o-mini", messages=messages("same"),
+                                                    extra_body={"echo_reply": text})
+    chunks = list(sdk(url, streaming).chat.completions.create(
+        model="echo/gpt-4o-mini", messages=messages("same"), stream=True, stream_options={"include_usage": True},
+        extra_body={"echo_reply": text}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert reply.usage is not None and chunks[-1].usage is not None
+    assert chunks[-1].usage.model_dump() == reply.usage.model_dump()
+    recorded = []
+    for ws in ("a", "b"):
+        run = wait_for_run(host, ws, "ok")
+        cost = rows(host, "SELECT status, input_tokens, output_tokens, total_cost, priced FROM model_cost_logs "
+                          "WHERE run_id = :r", r=run["id"])
+        assert len(cost) == 1
+        span = attributes(rows(host, "SELECT attributes FROM spans WHERE run_id = :r", r=run["id"])[0]["attributes"])
+        # What the exporters (Langfuse, RudderStack) are sent comes from this event.
+        events = rows(host, "SELECT status, context FROM event_logs WHERE run_id = :r "
+                            "AND event_type = 'run_finished'", r=run["id"])
+        finished = attributes(events[0]["context"])
+        recorded.append((dict(cost[0]), span["usage"], span["output"], attributes(run["attributes"]),
+                         events[0]["status"], {k: finished[k] for k in ("tokens", "cost_usd", "error_code")}))
+    assert recorded[0] == recorded[1]
+    assert recorded[0][0]["priced"] and recorded[0][0]["total_cost"] > 0
+
+
 @pytest.mark.anyio
 async def test_deltas_are_relayed_as_they_arrive_with_the_async_sdk(served: tuple[Host, str], gated: Gated) -> None:
     host, url = served
@@ -422,3 +454,25 @@ def test_a_client_disconnect_stops_the_provider_and_records_the_call(served: tup
     assert [(c["status"], c["error_code"], c["input_tokens"], c["output_tokens"]) for c in cost] == [
         ("failed", "CANCELLED", 5, 1)]
     assert gated.calls == 1
+
+
+class Holding:
+    """A plugin that holds every stream of workspace ``held`` (and only there)."""
+
+    __name__ = "acme_holding"
+
+    @hookimpl
+    def holds_stream(self, call: Any) -> bool:
+        return bool(call.workspace == "held")
+
+
+@pytest.mark.anyio
+async def test_host_stream_honours_holds_stream(make_host: Any, gated: Gated) -> None:
+    gated.release.set()
+    async with make_host(gated, Holding()) as host:
+        async with host.stream(model="gated/m", messages="hi", workspace="held") as held:
+            assert [d async for d in held] == []
+        assert held.response is not None and held.response.text == "one two three"
+        async with host.stream(model="gated/m", messages="hi", workspace="live") as live:
+            assert [d.text async for d in live] == ["one ", "two three"]
+    assert (gated.calls, gated.streamed_calls) == (2, 1)

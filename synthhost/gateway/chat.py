@@ -199,6 +199,9 @@ class ChatStream(Response):
         self.workspace = workspace
         self.status_code = 200  # until the call says otherwise
         self.background = None
+        self.body = b""
+        self.media_type = "text/event-stream"
+        self.raw_headers = list(_HEADERS)  # a relayed stream's (an error answer sends its own)
         self.observe: Callable[[int], None] | None = None
         self.answer: HostResponse | None = None
         self.error: SynthhostError | None = None
