@@ -147,7 +147,7 @@ def attributes(value: Any) -> dict[str, Any]:
 
 
 def metric_count(url: str, status: str) -> float:
-    text = httpx.get(url + "/metrics").text
+    text = httpx.get(url + "/metrics", timeout=TIMEOUT).text  # reads the database: slow under load
     for line in text.splitlines():
         if (line.startswith("synthhost_http_requests_total{") and 'route="/v1/chat/completions"' in line
                 and f'status="{status}"' in line):
