@@ -161,6 +161,73 @@ def test_killed_worker_run_resumes_on_another_without_repeating_steps(host, work
     assert row["output"].startswith("echo: step 4 of cats")
 
 
+LOOP_TOOLS = """import json, os
+from pathlib import Path
+
+import anyio
+
+HERE = Path(__file__).parent
+
+
+async def work(n: int) -> str:
+    \"\"\"Record this execution; the second call waits for the test's marker.\"\"\"
+    with open(HERE / "tool_log.jsonl", "a") as log:
+        log.write(json.dumps({"n": n, "pid": os.getpid()}) + "\\n")
+    if n == 2:
+        while not (HERE / "go").exists():
+            await anyio.sleep(0.05)
+    return f"done {n}"
+"""
+
+LOOP_AGENT = """name: looper
+workspace: acme
+model: gpt-4o-mini
+params:
+  echo_tool_calls: [[{name: work, arguments: {n: 1}}], [{name: work, arguments: {n: 2}}]]
+tools:
+  - {python: 'durable_loop_tools:work', timeout_s: 300}
+steps:
+  - name: s1
+    prompt: go
+retry: {max_attempts: 1}
+"""
+
+
+def test_killed_worker_resumes_a_tool_loop_at_its_first_unfinished_turn_or_tool_call(host, workers, env, tmp_path):
+    """Each model turn and each tool call of a looped step is its own step: kill -9 the
+    worker while the second tool call runs (turns 1-2 and tool call 1 are done); another
+    worker executes only tool call 2 again and turn 3. One cost row per model turn."""
+    (tmp_path / "durable_loop_tools.py").write_text(LOOP_TOOLS)
+    (tmp_path / "looper.yaml").write_text(LOOP_AGENT)
+    tool_log = tmp_path / "tool_log.jsonl"
+
+    def tools_ran() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in tool_log.read_text().splitlines()] if tool_log.exists() else []
+
+    first = workers.start("--concurrency", "1")
+    spec = parse_agent(LOOP_AGENT, str(tmp_path / "looper.yaml"))
+    run_id = durable.enqueue(host, spec, inputs={})
+    wait_for(lambda: any(t["n"] == 2 for t in tools_ran()), what="tool call 2 to start")
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    (tmp_path / "go").write_text("")
+    second = workers.start("--concurrency", "1")
+    row = wait_for(lambda: finished(host, run_id), what="the run to finish")
+    assert row["status"] == "ok", row
+    assert row["output"] == "echo: done 2"
+    turns = [c["pid"] for c in calls(env) if c["run"] == run_id]
+    assert turns == [first.pid, first.pid, second.pid]  # turns 1 and 2 are not called again
+    assert [(t["n"], t["pid"]) for t in tools_ran()] == [(1, first.pid), (2, first.pid), (2, second.pid)]
+    anyio.run(host.writer.flush)
+    with host.engine.connect() as conn:
+        costs = conn.execute(sa.select(COST_LOGS.c.total_cost).where(COST_LOGS.c.run_id == run_id)).scalars().all()
+        kinds = Counter(conn.execute(sa.text("SELECT kind FROM spans WHERE run_id = :r"), {"r": run_id}).scalars())
+    assert len(costs) == 3  # exactly one per model turn
+    assert Decimal(row["attributes"]["cost_usd"]) == sum((Decimal(str(c)) for c in costs), Decimal(0))
+    assert row["attributes"]["calls"] == 3 and row["attributes"]["tool_calls"] == 2
+    assert kinds == {"run": 1, "step": 1, "call": 3, "tool": 2}
+
+
 def test_cancelled_run_stops_at_the_next_step_boundary(host, workers, env):
     workers.start()
     run_id = durable.enqueue(host, agent(latency_ms=300), inputs={})
