@@ -347,6 +347,8 @@ def _workflow() -> Any:
             # The step's rows (cost, events, spans) are durable before its checkpoint: a
             # replayed step is not executed again, so nothing would write them later.
             await host.wait_for_rows()
+            if name == host.settings.env.get("SYNTHHOST_DRILL_CRASH_BEFORE_CHECKPOINT"):
+                os._exit(137)  # crash drill: the step's rows are written, its checkpoint is not
             return record
 
         async def boundary(run: RunState, name: str, body: Any) -> Any:

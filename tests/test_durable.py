@@ -228,6 +228,54 @@ def test_killed_worker_resumes_a_tool_loop_at_its_first_unfinished_turn_or_tool_
     assert kinds == {"run": 1, "step": 1, "call": 3, "tool": 2}
 
 
+def rows_of(host: Host, run_id: str) -> dict[str, int]:
+    anyio.run(host.writer.flush)
+    with host.engine.connect() as conn:
+        counts = {t: conn.execute(sa.text(f"SELECT count(*) FROM {t} WHERE run_id = :r"), {"r": run_id}).scalar()
+                  for t in ("spans", "event_logs", "model_cost_logs")}
+        counts["outbox"] = conn.execute(sa.text(
+            "SELECT count(*) FROM outbox WHERE event_id IN (SELECT id FROM event_logs WHERE run_id = :r)"),
+            {"r": run_id}).scalar()
+    return counts
+
+
+@pytest.mark.parametrize("crash_at", ["2:s2", "s1:turn2"])
+def test_a_step_re_executed_after_a_crash_writes_no_row_twice(host, workers, env, tmp_path, crash_at):
+    """The worker dies inside a step after the step's rows are committed, before its
+    checkpoint (the crash drill): another worker executes the step again, and every
+    table holds exactly what a run without a crash writes. Events go to an exporter
+    (RudderStack at an unreachable address), so the outbox is counted too."""
+    exporting = {**env, "SYNTHHOST_LOAD_PLUGINS": "cost,rudderstack", "RUDDERSTACK_WRITE_KEY": "k",
+                 "RUDDERSTACK_DATA_PLANE_URL": "http://127.0.0.1:9", "RUDDERSTACK_RETRY_DELAY": "60000"}
+    if crash_at == "2:s2":
+        spec, step = agent(3, name="three"), "s2"
+    else:
+        (tmp_path / "durable_loop_tools.py").write_text(LOOP_TOOLS)
+        (tmp_path / "go").write_text("")
+        (tmp_path / "looper.yaml").write_text(LOOP_AGENT)
+        spec, step = parse_agent(LOOP_AGENT, str(tmp_path / "looper.yaml")), "s1"
+    workers.env = {**exporting, "SYNTHHOST_DRILL_CRASH_BEFORE_CHECKPOINT": crash_at}
+    first = workers.start("--concurrency", "1")
+    crashed = durable.enqueue(host, spec, inputs={})
+    assert first.wait(60) == 137  # the drill
+    workers.env = exporting
+    second = workers.start("--concurrency", "1")
+    assert wait_for(lambda: finished(host, crashed), what="the crashed run to finish")["status"] == "ok"
+    clean = durable.enqueue(host, spec, inputs={})
+    assert wait_for(lambda: finished(host, clean), what="the clean run to finish")["status"] == "ok"
+    pids = [c["pid"] for c in calls(env) if c["run"] == crashed and c["step"] == step]
+    if crash_at == "2:s2":
+        assert pids == [first.pid, second.pid]  # step 2 executed twice
+        expected = {"spans": 1 + 3 + 3, "model_cost_logs": 3}
+    else:
+        assert pids == [first.pid, first.pid, second.pid, second.pid]  # turn 2 executed twice, then turn 3
+        expected = {"spans": 1 + 1 + 3 + 2, "model_cost_logs": 3}
+    once = rows_of(host, clean)
+    assert rows_of(host, crashed) == once
+    assert {k: once[k] for k in expected} == expected
+    assert once["outbox"] == once["event_logs"] > 0  # one delivery per event to the one exporter
+
+
 def test_cancelled_run_stops_at_the_next_step_boundary(host, workers, env):
     workers.start()
     run_id = durable.enqueue(host, agent(latency_ms=300), inputs={})
