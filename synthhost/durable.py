@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from synthhost.call import new_id
-from synthhost.errors import UsageError
+from synthhost.errors import ErrorCode, UsageError
 from synthhost.steps import scoped
 from synthhost.storage.models import DurableWorker, Run
 from synthhost.storage.writer import KEEP_FIRST
@@ -61,6 +61,16 @@ APP_NAME = "synthhost"
 RUNS = Run.__table__  # type: ignore[attr-defined]
 WORKERS = DurableWorker.__table__  # type: ignore[attr-defined]
 FINISHED = ("ok", "error", "cancelled")
+# DBOS' end states of a workflow that did not return, and what a run left unfinished by
+# one is recorded with (Worker.reconcile, every RECONCILE_EVERY heartbeats).
+DBOS_ENDED = {
+    "MAX_RECOVERY_ATTEMPTS_EXCEEDED": "the run's workers died more than SYNTHHOST_MAX_RECOVERY_ATTEMPTS={} "
+                                      "times while executing it; it is not recovered again",
+    "ERROR": "the durable run's workflow failed",
+    "CANCELLED": "run cancelled",
+}
+RECONCILE_EVERY = 5
+RECONCILE_LIMIT = 1000
 
 
 def _require_dbos() -> None:
@@ -94,6 +104,7 @@ class DurableConfig:
     ttl_s: float
     queue_concurrency: int | None
     workspace_concurrency: int | None
+    max_recovery_attempts: int = 100
 
     @classmethod
     def from_env(cls, database_url: str, env: Mapping[str, str]) -> DurableConfig:
@@ -113,9 +124,11 @@ class DurableConfig:
         ttl = _number(env, "SYNTHHOST_WORKER_TTL_S", 30.0, 0.1, 86400)
         queue = _number(env, "SYNTHHOST_QUEUE_CONCURRENCY", None, 1, 1_000_000)
         workspace = _number(env, "SYNTHHOST_WORKSPACE_CONCURRENCY", None, 1, 1_000_000)
-        assert heartbeat is not None and ttl is not None
+        attempts = _number(env, "SYNTHHOST_MAX_RECOVERY_ATTEMPTS", 100, 0, 1_000_000)
+        assert heartbeat is not None and ttl is not None and attempts is not None
         return cls(system_url, schema, env.get("SYNTHHOST_APP_VERSION") or _version(), heartbeat, ttl,
-                   None if queue is None else int(queue), None if workspace is None else int(workspace))
+                   None if queue is None else int(queue), None if workspace is None else int(workspace),
+                   int(attempts))
 
     @classmethod
     def of(cls, host: Host) -> DurableConfig:
@@ -328,11 +341,11 @@ _worker_host: Host | None = None
 _active: set[str] = set()  # runs executing in this process
 
 
-def _workflow() -> Any:
+def _workflow(max_recovery_attempts: int) -> Any:
     """The run workflow, registered with DBOS once per process (before launch)."""
     from dbos import DBOS
 
-    @DBOS.workflow(name=WORKFLOW)
+    @DBOS.workflow(name=WORKFLOW, max_recovery_attempts=max_recovery_attempts)
     async def durable_run(request: dict[str, Any]) -> dict[str, Any]:
         from synthhost.agent import parse_agent
         from synthhost.runner import run_agent
@@ -372,11 +385,11 @@ _registered = threading.Lock()
 _WORKFLOW: Any = None
 
 
-def register_workflow() -> None:
+def register_workflow(max_recovery_attempts: int = 100) -> None:
     global _WORKFLOW
     with _registered:
         if _WORKFLOW is None:
-            _WORKFLOW = _workflow()
+            _WORKFLOW = _workflow(max_recovery_attempts)
 
 
 class Worker:
@@ -399,7 +412,7 @@ class Worker:
         global _worker_host
         from dbos import DBOS
 
-        register_workflow()
+        register_workflow(self.config.max_recovery_attempts)
         _worker_host = self.host
         DBOS(config={
             "name": APP_NAME, "system_database_url": self.config.system_url,
@@ -465,10 +478,14 @@ class Worker:
             _worker_host = None
 
     def _loop(self) -> None:
+        beats = 0
         while not self._stop.wait(self.config.heartbeat_s):
+            beats += 1
             try:
                 self._beat()
                 self.recover_dead()
+                if beats % RECONCILE_EVERY == 0:
+                    self.reconcile()
             except Exception as exc:  # the database may be away: try at the next beat
                 log.warning("durable heartbeat failed: %s: %s", type(exc).__name__, exc)
 
@@ -482,6 +499,35 @@ class Worker:
                     executor_id=self.executor_id, hostname=socket.gethostname()[:200], pid=os.getpid(),
                     app_version=self.config.app_version, queues=",".join(self.queues)[:1000],
                     concurrency=self.concurrency, started_at=now, heartbeat_at=now))
+
+    def reconcile(self) -> list[str]:
+        """Record the runs DBOS ended without them finishing: a workflow past
+        ``SYNTHHOST_MAX_RECOVERY_ATTEMPTS`` (its workers kept dying), one an error escaped
+        (``ERROR``), or one cancelled in DBOS while its run row still says ``queued`` or
+        ``running``. They become ``error`` (``RUN_FAILED``, with the reason) or
+        ``cancelled``; runs already finished are left alone. Returns the run ids changed."""
+        from dbos import DBOS
+
+        failed = DBOS.list_workflows(status=list(DBOS_ENDED), name=WORKFLOW, limit=RECONCILE_LIMIT,
+                                     sort_desc=True, load_input=False)
+        changed: list[str] = []
+        for wf in failed:
+            status, code, message = "error", ErrorCode.RUN_FAILED, DBOS_ENDED[wf.status]
+            if wf.status == "CANCELLED":
+                status, code = "cancelled", ErrorCode.CANCELLED
+            elif wf.status == "MAX_RECOVERY_ATTEMPTS_EXCEEDED":
+                message = message.format(self.config.max_recovery_attempts)
+            elif wf.error is not None:
+                message += f": {type(wf.error).__name__}: {' '.join(str(wf.error).split())[:500]}"
+            with self.host.engine.begin() as conn:
+                if conn.execute(RUNS.update().where(RUNS.c.id == wf.workflow_id,
+                                                    RUNS.c.status.in_(("queued", "running")))
+                                .values(status=status, ended_at=datetime.now(UTC), error_code=code,
+                                        error_message=message)).rowcount:
+                    changed.append(wf.workflow_id)
+        for run_id in changed:
+            log.warning("durable run %s ended in DBOS without finishing: recorded it", run_id)
+        return changed
 
     def recover_dead(self) -> list[str]:
         """Hand the pending runs of every worker of this version silent past the TTL to

@@ -231,11 +231,11 @@ def test_killed_worker_resumes_a_tool_loop_at_its_first_unfinished_turn_or_tool_
 def rows_of(host: Host, run_id: str) -> dict[str, int]:
     anyio.run(host.writer.flush)
     with host.engine.connect() as conn:
-        counts = {t: conn.execute(sa.text(f"SELECT count(*) FROM {t} WHERE run_id = :r"), {"r": run_id}).scalar()
+        counts = {t: conn.execute(sa.text(f"SELECT count(*) FROM {t} WHERE run_id = :r"), {"r": run_id}).scalar_one()
                   for t in ("spans", "event_logs", "model_cost_logs")}
         counts["outbox"] = conn.execute(sa.text(
             "SELECT count(*) FROM outbox WHERE event_id IN (SELECT id FROM event_logs WHERE run_id = :r)"),
-            {"r": run_id}).scalar()
+            {"r": run_id}).scalar_one()
     return counts
 
 
@@ -274,6 +274,29 @@ def test_a_step_re_executed_after_a_crash_writes_no_row_twice(host, workers, env
     assert rows_of(host, crashed) == once
     assert {k: once[k] for k in expected} == expected
     assert once["outbox"] == once["event_logs"] > 0  # one delivery per event to the one exporter
+
+
+def test_a_run_past_its_max_recovery_attempts_is_recorded_failed(host, workers, env):
+    """Two workers in a row die inside step 1 (the crash drill); with
+    SYNTHHOST_MAX_RECOVERY_ATTEMPTS=1, DBOS does not start the run a third time, and the
+    worker that would have recorded it as ``error`` (RUN_FAILED) with the reason, not
+    left ``running`` for ever."""
+    limited = {**env, "SYNTHHOST_MAX_RECOVERY_ATTEMPTS": "1"}
+    workers.env = {**limited, "SYNTHHOST_DRILL_CRASH_BEFORE_CHECKPOINT": "1:s1"}
+    dying = [workers.start("--concurrency", "1")]
+    run_id = durable.enqueue(host, agent(2, name="doomed"), inputs={})
+    assert dying[0].wait(60) == 137
+    dying.append(workers.start("--concurrency", "1"))
+    assert dying[1].wait(60) == 137  # took the run over after the TTL, died the same way
+    workers.env = limited
+    workers.start("--concurrency", "1")
+    row = wait_for(lambda: finished(host, run_id), what="the run to be recorded")
+    assert row["status"] == "error", row
+    assert row["error_code"] == "RUN_FAILED"
+    assert "SYNTHHOST_MAX_RECOVERY_ATTEMPTS=1" in row["error_message"]
+    assert [c["pid"] for c in calls(env) if c["run"] == run_id] == [p.pid for p in dying]  # never a third time
+    wf = durable.client_for(host).retrieve_workflow(run_id).get_status()
+    assert wf.status == "MAX_RECOVERY_ATTEMPTS_EXCEEDED"
 
 
 def test_cancelled_run_stops_at_the_next_step_boundary(host, workers, env):
@@ -450,7 +473,7 @@ def test_cli_durable_bad_input_is_one_line_exit_2(env, tmp_path):
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], result.output
-    for name in ("SYNTHHOST_WORKER_TTL_S", "SYNTHHOST_WORKSPACE_CONCURRENCY"):
+    for name in ("SYNTHHOST_WORKER_TTL_S", "SYNTHHOST_WORKSPACE_CONCURRENCY", "SYNTHHOST_MAX_RECOVERY_ATTEMPTS"):
         result = cli({**env, name: "soon"}, "worker", "--until", "1")
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
