@@ -2,7 +2,9 @@
 until a final answer, ``max_turns`` (``MAX_TURNS``) or a failed model call.
 
 :func:`call_model_turn` and :func:`call_tool` are the only places a model turn and a
-tool call happen, so a durable executor can wrap exactly those two as steps. Both are
+tool call happen; :func:`model_turn` and :func:`tool_call` run them through the run's
+step boundary, so in a durable run each is its own checkpointed DBOS step (the loop
+itself runs at workflow level, deterministic given the checkpoints). Both are
 keyed: the span id of a turn is derived from (run, step, turn) and a tool call's from
 (run, step, turn, tool_call_id), so a step replayed after a crash writes the same keyed
 span rows instead of new ones. Span ids are not secrets (every read is checked against

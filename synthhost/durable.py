@@ -5,8 +5,16 @@ A durable run is enqueued (``synthhost run --durable``, :meth:`Host.enqueue`,
 database synthhost already uses (PostgreSQL: the ``dbos`` schema, or the schema of the
 URL's ``search_path``; SQLite: a file next to the database, ``<db>.dbos``: one machine
 only). Any number of workers, on any number of machines, dequeue from it. Each run is a
-DBOS workflow and each agent step one DBOS step (:mod:`synthhost.steps`): after a crash
-the run resumes at its first unfinished step; completed steps return their checkpoint.
+DBOS workflow; each model call and each tool call is one DBOS step (:mod:`synthhost.steps`:
+a plain agent step is one step; a looped step's loop runs at workflow level and each of
+its model turns and tool calls is a step): after a crash the run resumes at its first
+unfinished step; completed steps return their checkpoint.
+
+A run DBOS gives up on (past ``SYNTHHOST_MAX_RECOVERY_ATTEMPTS``, default 100; an error
+escaping the workflow; cancelled in DBOS) while its row still says queued/running is
+recorded by :meth:`Worker.reconcile`. ``SYNTHHOST_DRILL_CRASH_BEFORE_CHECKPOINT=<step>``
+(crash drills): the worker exits (137) once that step's rows are written, before its
+checkpoint.
 
 Recovery without a control plane: every worker has its own DBOS executor id and writes
 a heartbeat to ``durable_workers`` every ``SYNTHHOST_WORKER_HEARTBEAT_S`` (2 s). A live
