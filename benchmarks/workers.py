@@ -44,7 +44,7 @@ def agent_yaml(steps: int, tool_calls: int = 0) -> str:
     lines = "".join(f"  - name: s{i}\n    prompt: \"step {i} of {{{{ n }}}}\"\n" for i in range(1, steps + 1))
     tools = ""
     if tool_calls:
-        script = ", ".join("[{name: noop, arguments: {n: %d}}]" % t for t in range(tool_calls))
+        script = ", ".join(f"[{{name: noop, arguments: {{n: {t}}}}}]" for t in range(tool_calls))
         tools = f"params: {{echo_tool_calls: [{script}]}}\ntools:\n  - {{python: 'bench_tools:noop'}}\n"
     return (f"name: bench\nworkspace: bench\nmodel: echo/bench\n{tools}inputs:\n  n: {{default: '0'}}\n"
             f"steps:\n{lines}")
