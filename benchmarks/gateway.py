@@ -14,12 +14,18 @@ queued for ``synthhost worker`` processes, ``SYNTHHOST_DELIVERY=worker``):
    percentile minus the in-process one;
 3. the maximum sustained requests/s: closed loop, 64 requests in flight, ``--seconds``.
 
+``--stream`` sends ``stream: true`` (with ``stream_options.include_usage``) instead and
+also reports the time to the first byte of the answer (the first SSE chunk after the
+headers) at each rate; the in-process reference is then ``Host.stream`` to its last
+delta.
+
 The client is a minimal HTTP/1.1 client on asyncio streams (an SDK would spend more CPU
 than the server on this 2-core machine). Bounded: every phase stops by itself.
 
     uv run python benchmarks/gateway.py
     uv run python benchmarks/gateway.py --configs bare --rates 200,500 --json
     uv run python benchmarks/gateway.py --database-url postgresql+psycopg://postgres@127.0.0.1/bench
+    uv run python benchmarks/gateway.py --stream --configs bare,production
 
 Targets (issue 9, 2 cores): production added p50 <= 300 µs and p95 <= 1 ms at 500
 requests/s; bare >= 3,000 requests/s. Prints figures; asserts nothing.
@@ -49,13 +55,17 @@ from synthhost.settings import Settings
 
 WORKSPACE = "bench"
 BASE = int(time.time() * 1000) % 10**9
+STREAM = False  # --stream
 
 
 def body(n: int) -> bytes:
-    return json.dumps({
+    payload: dict[str, Any] = {
         "model": "echo/gpt-4o-mini", "user": f"user-{n % 50}",
         "messages": [{"role": "user", "content": f"Summarise quarterly report #{BASE}-{n} in three bullet points."}],
-    }).encode()
+    }
+    if STREAM:
+        payload.update(stream=True, stream_options={"include_usage": True})
+    return json.dumps(payload).encode()
 
 
 def setup(config: str, env: dict[str, str]) -> str:
@@ -77,9 +87,16 @@ async def in_process(env: dict[str, str], count: int) -> dict[str, float]:
     async with host:
         async def one(n: int) -> float:
             started = time.perf_counter()
-            await host.complete(model="echo/gpt-4o-mini", workspace=WORKSPACE, user=f"user-{n % 50}",
-                                messages=[{"role": "user", "content":
-                                           f"Summarise quarterly report #{BASE}-x{n} in three bullet points."}])
+            kwargs: dict[str, Any] = {
+                "model": "echo/gpt-4o-mini", "workspace": WORKSPACE, "user": f"user-{n % 50}",
+                "messages": [{"role": "user", "content": f"Summarise quarterly report #{BASE}-x{n} in three bullet "
+                              "points."}]}
+            if STREAM:
+                async with host.stream(**kwargs) as stream:
+                    async for _ in stream:
+                        pass
+            else:
+                await host.complete(**kwargs)
             return time.perf_counter() - started
 
         for i in range(200):
@@ -105,17 +122,32 @@ class Conn:
         return cls(reader, writer, head)
 
     async def request(self, payload: bytes) -> int:
+        """Send one request, read the whole answer; ``self.first_byte`` is when the
+        answer's first body byte arrived (a chunked stream's first chunk)."""
         self.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
         status_line = await self.reader.readline()
         length = 0
+        chunked = False
         while True:
             line = await self.reader.readline()
             if line in (b"\r\n", b""):
                 break
             if line[:15].lower() == b"content-length:":
                 length = int(line[15:])
-        await self.reader.readexactly(length)
-        return int(status_line.split()[1])
+            elif line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower():
+                chunked = True
+        if not chunked:
+            await self.reader.readexactly(length)
+            self.first_byte = time.perf_counter()
+            return int(status_line.split()[1])
+        self.first_byte = 0.0
+        while True:
+            size = int((await self.reader.readline()).split(b";")[0], 16)
+            if size and not self.first_byte:
+                self.first_byte = time.perf_counter()
+            await self.reader.readexactly(size + 2)  # the chunk and its CRLF
+            if size == 0:
+                return int(status_line.split()[1])
 
     def close(self) -> None:
         self.writer.close()
@@ -129,6 +161,7 @@ async def open_loop(port: int, key: str, rate: float, count: int, connections: i
     for i in range(200):  # warm-up, sequential
         await conns[0].request(body(10**8 + i))
     latencies: list[float] = []
+    first_bytes: list[float] = []
     lateness: list[float] = []
     errors = 0
 
@@ -137,6 +170,7 @@ async def open_loop(port: int, key: str, rate: float, count: int, connections: i
         started = time.perf_counter()
         status = await conn.request(body(n))
         latencies.append(time.perf_counter() - started)
+        first_bytes.append(conn.first_byte - started)
         errors += status != 200
         idle.put_nowait(conn)
 
@@ -154,10 +188,14 @@ async def open_loop(port: int, key: str, rate: float, count: int, connections: i
     elapsed = time.perf_counter() - t0
     for c in conns:
         c.close()
-    return {"rate": rate, "achieved_per_s": round(count / elapsed, 1), "errors": errors,
-            "p50_us": round(pct(latencies, 0.5) * 1e6, 1), "p95_us": round(pct(latencies, 0.95) * 1e6, 1),
-            "p99_us": round(pct(latencies, 0.99) * 1e6, 1),
-            "send_late_p99_us": round(pct(lateness, 0.99) * 1e6, 1)}
+    out = {"rate": rate, "achieved_per_s": round(count / elapsed, 1), "errors": errors,
+           "p50_us": round(pct(latencies, 0.5) * 1e6, 1), "p95_us": round(pct(latencies, 0.95) * 1e6, 1),
+           "p99_us": round(pct(latencies, 0.99) * 1e6, 1),
+           "send_late_p99_us": round(pct(lateness, 0.99) * 1e6, 1)}
+    if STREAM:
+        out.update({f"ttfb_{q}": round(pct(first_bytes, v) * 1e6, 1)
+                    for q, v in (("p50_us", 0.5), ("p95_us", 0.95), ("p99_us", 0.99))})
+    return out
 
 
 async def closed_loop(port: int, key: str, seconds: float, in_flight: int = 64) -> dict[str, Any]:
@@ -236,7 +274,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="closed-loop duration")
     parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file per configuration")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--stream", action="store_true", help="stream: true, and time to first byte")
     args = parser.parse_args()
+    global STREAM
+    STREAM = args.stream
     args.rates = [float(r) for r in args.rates.split(",") if r]
     redis_url = os.environ.get("REDIS_URL") or os.environ.get("SYNTHHOST_TEST_REDIS") or "redis://127.0.0.1:6379/0"
     receiver = LoopbackReceiver(0.0)
@@ -257,6 +298,9 @@ def main() -> None:
             print(f"  {m['rate']:>7.0f} {m['achieved_per_s']:>7.0f} {m['p50_us']:>9.0f} {m['p95_us']:>7.0f} "
                   f"{m['p99_us']:>7.0f} {m['added_p50_us']:>10.0f} {m['added_p95_us']:>7.0f} "
                   f"{m['added_p99_us']:>7.0f} {m['errors']:>6}")
+            if "ttfb_p50_us" in m:
+                print(f"  {'':>7} {'':>7} first byte p50/p95/p99 {m['ttfb_p50_us']:.0f} / {m['ttfb_p95_us']:.0f} / "
+                      f"{m['ttfb_p99_us']:.0f} µs")
         s = r["max_sustained"]
         print(f"  max sustained (one worker, {s['in_flight']} in flight): {s['requests_per_s']:.0f} requests/s "
               f"({s['errors']} errors)")

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("synthhost.chain")
 
-CALL_HOOKS = ("pre_call", "post_call", "on_failure", "on_trace", "pre_tool", "post_tool", "on_tool_failure")
+CALL_HOOKS = ("pre_call", "post_call", "on_failure", "on_trace", "pre_tool", "post_tool", "on_tool_failure",
+              "holds_stream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,9 @@ class Chain:
     pre_tool: tuple[Impl, ...]
     post_tool: tuple[Impl, ...]
     on_tool_failure: tuple[Impl, ...]
+    # Plugins that may need the whole answer before a streaming caller gets any of it:
+    # empty for most active sets, so a streamed call asks nobody.
+    holds_stream: tuple[Impl, ...]
 
 
 class Chains:
@@ -204,6 +208,26 @@ class Chains:
                 continue
             if result is not None:
                 self.fault(impl, "post_call", TypeError(f"returned {_shown(result)}, not None"), call, call.workspace)
+
+    def holds_stream(self, chain: Chain, call: Call) -> str | None:
+        """The first active plugin that holds this call's stream (see the hookspec),
+        or ``None``. A crash holds it (the safe side) after the usual ``plugin_error``."""
+        kwargs = {"call": call}
+        for impl in chain.holds_stream:
+            try:
+                result = impl.function(*[kwargs[n] for n in impl.argnames])
+            except Denied:
+                return impl.plugin_name  # its pre_call will say why; hold meanwhile
+            except Exception as exc:
+                self.fault(impl, "holds_stream", exc, call, call.workspace)
+                return impl.plugin_name
+            if result is None or result is False:
+                continue
+            if result is not True:
+                self.fault(impl, "holds_stream", TypeError(f"returned {_shown(result)}, not a bool or None"),
+                           call, call.workspace)
+            return impl.plugin_name
+        return None
 
     async def on_failure(self, chain: Chain, call: Call, error: BaseException, attempt: int) -> Recovery | None:
         kwargs = {"call": call, "error": error, "attempt": attempt}

@@ -10,8 +10,8 @@ yet, so they only declare). Their return value must be ``None``. The host calls 
 plugin's implementation on its own, with a ``register`` callback bound to that plugin,
 so it knows which plugin declared what and can refuse collisions.
 
-Call hooks (``pre_call``, ``post_call``, ``on_failure``, ``pre_tool``, ``post_tool``,
-``on_tool_failure``, ``on_trace``) run for the
+Call hooks (``pre_call``, ``post_call``, ``holds_stream``, ``on_failure``, ``pre_tool``,
+``post_tool``, ``on_tool_failure``, ``on_trace``) run for the
 plugins *active* for the call's workspace: a plugin with a gate (see
 :func:`register_gate`) is active when its gate is on for that workspace; a plugin with no
 gate is always active. They run in the documented stage order (:class:`synthhost.Stage`),
@@ -298,6 +298,27 @@ def post_call(call: Call, response: Response) -> Awaitable[None] | None:
     Return value: ``None`` (anything else is a ``plugin_error`` of that plugin). Raise
     :class:`synthhost.Denied` to reject the output (the call then fails with that code;
     observers later in the chain do not run).
+    """
+
+
+@hookspec
+def holds_stream(call: Call) -> bool | None:
+    """Must this plugin see the whole answer before any of it reaches a streaming caller?
+    Asked once per streamed call (``Host.stream``, the gateway's ``stream: true``, a
+    run's streamed last step), before ``pre_call``, of the plugins active for the call's
+    workspace only; a call that does not stream never asks. A workspace whose active
+    plugins implement no ``holds_stream`` pays nothing (the chain's list of
+    implementations is empty, cached per active set like every call hook).
+
+    :param call: the call context (``call.workspace``, ``call.request``).
+
+    Return value: ``True`` to hold the stream: the provider is then called without
+    streaming, ``post_call`` sees the answer before the caller gets a byte of it, and a
+    streaming caller receives the checked answer at once (the gateway sends it as
+    chunks; a denial is an HTTP error status, never a broken stream). ``False`` or
+    ``None``: no objection. An output guardrail implements it (``True`` when the
+    workspace's guard set has output validators). A crash here holds the stream (the
+    safe side) and is a ``plugin_error``. Must be cheap and must not block: no I/O.
     """
 
 

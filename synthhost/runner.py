@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from synthhost.call import Call, Request, Response, StashKey, StreamDelta, new_id
+from synthhost.call import Call, Request, Response, StashKey, StreamDelta, Usage, new_id
 from synthhost.errors import Denied, ErrorCode, ProviderError, SynthhostError, UsageError
 from synthhost.steps import StepBoundary, inline_boundary
 from synthhost.storage.models import Run, Span
@@ -180,13 +180,21 @@ async def execute_call(host: Host, call: Call) -> Response:
     cancellation propagates."""
     chain = host.chains.for_workspace(call.workspace)
     chains = host.chains
+    if call.on_delta is not None:
+        held_by = chains.holds_stream(chain, call) if chain.holds_stream else None
+        if held_by is not None:
+            # A plugin must see the whole answer first: the provider does not stream.
+            call.on_delta = None
+            call.attributes["stream_held_by"] = held_by
+        else:
+            call.on_delta = call.stash[_TAP] = StreamTap(call.on_delta)
     try:
         return await _attempts(host, call, chain)
     except BaseException as exc:
         if isinstance(exc, SynthhostError | Exception) or call.stash.get(_REPORTED) == call.attempt:
             raise
         cancelled = cancelled_error("call")
-        answered = call.stash.get(_ANSWER)
+        answered = call.stash.get(_ANSWER) or partial_answer(call, "cancelled")
         if answered is not None:
             cancelled.response = answered  # type: ignore[attr-defined]  # the answer was billed
         with anyio.move_on_after(CANCEL_CLEANUP_S, shield=True):
@@ -196,6 +204,59 @@ async def execute_call(host: Host, call: Call) -> Response:
 
 _REPORTED: StashKey[int] = StashKey()
 _ANSWER: StashKey[Response | None] = StashKey()
+
+
+class StreamTap:
+    """Passes a streamed call's deltas on to the caller and keeps what was sent: once a
+    delta has left, the call cannot be retried, rerouted or repaired (the caller would
+    get the answer twice), and a call stopped mid-stream is recorded with what was
+    produced (:func:`partial_answer`)."""
+
+    __slots__ = ("arguments", "on_delta", "sent", "text")
+
+    def __init__(self, on_delta: Callable[[StreamDelta], None]) -> None:
+        self.on_delta = on_delta
+        self.sent = 0
+        self.text: list[str] = []
+        self.arguments: list[str] = []
+
+    def __call__(self, delta: StreamDelta) -> None:
+        self.sent += 1
+        if delta.text:
+            self.text.append(delta.text)
+        if delta.arguments:
+            self.arguments.append(delta.arguments)
+        self.on_delta(delta)
+
+
+_TAP: StashKey[StreamTap] = StashKey()
+
+
+def _estimate_tokens(text: str) -> int:
+    return -(-len(text) // 4) if text else 0  # ~4 characters a token (no tokenizer here)
+
+
+def partial_answer(call: Call, finish_reason: str) -> Response | None:
+    """What a call that streamed and then stopped (cancelled, or failed mid-stream) had
+    produced: the text sent, usage estimated from the characters (the provider reports
+    usage only at the end of a stream; ``usage_estimated`` on the span says so). ``None``
+    when nothing was streamed."""
+    tap = call.stash.get(_TAP)
+    if tap is None or not tap.sent:
+        return None
+    text = "".join(tap.text)
+    prompt = sum(_estimate_tokens(str(m.get("content") or "")) + 4 for m in call.request.messages)
+    usage = Usage(input_tokens=prompt, output_tokens=_estimate_tokens(text + "".join(tap.arguments)))
+    call.attributes["usage_estimated"] = True
+    call.attributes["streamed_deltas"] = tap.sent
+    return Response(text=text, model=call.request.model, provider=call.request.provider, usage=usage,
+                    finish_reason=finish_reason)
+
+
+def streamed(call: Call) -> bool:
+    """Has any of this call's answer reached a streaming caller?"""
+    tap = call.stash.get(_TAP)
+    return tap is not None and tap.sent > 0
 
 
 async def _attempts(host: Host, call: Call, chain: Any) -> Response:
@@ -222,9 +283,17 @@ async def _attempts(host: Host, call: Call, chain: Any) -> Response:
             error: SynthhostError = err
         except Exception as exc:  # a provider bug: not retryable, but never a traceback
             error = ProviderError(f"{type(exc).__name__}: {exc}", retryable=False)
+        mid_stream = streamed(call)
+        if mid_stream and response is None and getattr(error, "response", None) is None \
+                and getattr(error, "usage", None) is None:
+            # Failed after part of the answer was sent: billed for what was produced.
+            error.response = partial_answer(call, "error")  # type: ignore[attr-defined]
         call.stash[_REPORTED] = call.attempt
         recovery = await chains.on_failure(chain, call, error, call.attempt)
         if recovery is None or recovery.action == "give_up":
+            raise error
+        if mid_stream:  # the caller has part of this answer: another attempt would repeat it
+            call.attributes["recovery_refused"] = "the answer was already streaming"
             raise error
         host.emit("recovery", call=call, action=recovery.action, reason=recovery.reason,
                   attempt=call.attempt, error_code=error.code)
@@ -294,8 +363,11 @@ async def traced_call(host: Host, call: Call, run: RunState) -> Response:
         raise
     except BaseException:  # cancelled: still record the span, then propagate
         error = cancelled_error("call")
+        response = partial_answer(call, "cancelled")
         raise
     finally:
+        if response is None and error is not None and streamed(call):
+            response = partial_answer(call, "error")  # failed mid-stream: what was sent
         run.add_span(call_span(call, response, error, time.time()))
 
 

@@ -9,8 +9,13 @@
 
 The call runs through the whole chain as ``Host.complete`` does: ``pre_call`` before the
 first delta, ``post_call`` on the assembled answer (with its usage) after the last. A
-``post_call`` denial (an output guardrail) therefore arrives after text was shown: the
-iteration then raises it. Deltas are a preview; ``stream.response`` is the answer.
+``post_call`` denial therefore arrives after text was shown: the iteration then raises
+it. Deltas are a preview; ``stream.response`` is the answer. A plugin active for the
+workspace that must see the whole answer first (``holds_stream``: an output guardrail)
+holds the stream: the provider is called without streaming, no delta comes, and
+``stream.response`` is the checked answer. Once a delta has been delivered the call is
+not retried (its text would repeat); leaving the iteration early cancels the call, which
+is recorded ``cancelled`` with the text delivered (usage estimated).
 """
 
 from __future__ import annotations

@@ -90,7 +90,12 @@ def create_app(host: Host) -> Starlette:
                 response = errors.internal_error()
             # The route's template, never the raw path: ids would make a series each.
             route = getattr(request.scope.get("route"), "path", "other")
-            host_metrics.observe_http(route, request.method, response.status_code, time.perf_counter() - started)
+            if isinstance(response, chat.ChatStream):  # observed at its first byte, with its real status
+                method = request.method
+                response.observe = lambda status: host_metrics.observe_http(
+                    route, method, status, time.perf_counter() - started)
+            else:
+                host_metrics.observe_http(route, request.method, response.status_code, time.perf_counter() - started)
             return response
 
         return wrapper

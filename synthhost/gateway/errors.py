@@ -83,13 +83,24 @@ def retry_after_seconds(value: Any) -> str | None:
     return str(max(1, math.ceil(seconds)))
 
 
+def error_body(error: SynthhostError, redact: Any) -> dict[str, Any]:
+    """OpenAI's error object for a host error (what a stream's ``error`` event carries)."""
+    _, kind = _status(error)
+    return {"error": {"message": str(redact(error.message))[:1000], "type": kind, "code": str(error.code),
+                      "param": None}}
+
+
+def _status(error: SynthhostError) -> tuple[int, str]:
+    code = str(error.code)
+    if isinstance(error, Denied):
+        return STATUS.get(code, (403, "permission_error"))
+    return STATUS.get(code, (502, "api_error"))
+
+
 def from_error(error: SynthhostError, redact: Any) -> JSONResponse:
     """The response for a host error. ``redact`` masks secrets in the message."""
     code = str(error.code)
-    if isinstance(error, Denied):
-        status, kind = STATUS.get(code, (403, "permission_error"))
-    else:
-        status, kind = STATUS.get(code, (502, "api_error"))
+    status, kind = _status(error)
     headers: dict[str, str] = {}
     retry = None
     if isinstance(error, Denied):

@@ -10,6 +10,8 @@ global one, else the built-in default (mask secrets in prompts and answers). Eve
 violation goes on the call's span (``guardrails.violations``, ``guardrails.set``) and
 out as a ``guardrail_violation`` event naming the validator, where, the action and the
 kinds found (never the text). ``exception`` denies with ``GUARDRAIL_VIOLATION``.
+A streamed call is held (``holds_stream``) while the workspace's set has output
+validators: the caller gets the answer once they have passed it.
 """
 
 from __future__ import annotations
@@ -181,6 +183,15 @@ def post_call(call: Call, response: Response) -> Awaitable[None] | None:
         )
     _apply_output(call, pipeline, check_output(pipeline, response.text), response)
     return None
+
+
+@hookimpl
+def holds_stream(call: Call) -> bool:
+    """A streamed answer waits for the output validators when the workspace's guard set
+    has any (the default set does: it masks secrets): nothing of it leaves before
+    ``post_call`` has passed it. A set without output validators streams live."""
+    pipeline = runtime(call.host).pipeline_for(call.workspace)
+    return bool(pipeline.output) or bool(pipeline.error)
 
 
 @hookimpl
