@@ -266,7 +266,8 @@ class LoopbackReceiver:
 
 
 def profile_env(config: str, url: str, redis_url: str, receiver: LoopbackReceiver) -> dict[str, str]:
-    env = {**os.environ, "DATABASE_URL": url, "SYNTHHOST_SIMILARITY_ACTION": "flagged"}
+    # Every configuration runs as `synthhost serve` would: the start-up heap frozen.
+    env = {"SYNTHHOST_GC_FREEZE": "1", **os.environ, "DATABASE_URL": url, "SYNTHHOST_SIMILARITY_ACTION": "flagged"}
     if config == "bare":
         env["SYNTHHOST_LOAD_PLUGINS"] = ""
         return env
