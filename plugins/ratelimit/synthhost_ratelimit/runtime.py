@@ -52,6 +52,7 @@ class Config:
     refresh_s: float
     default_max_tokens: int
     pool_size: int = 16
+    pipeline: int = 128
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], redis_url: str | None,
@@ -74,6 +75,7 @@ class Config:
             refresh_s=num("SYNTHHOST_RATELIMIT_REFRESH_S", refresh_s),
             default_max_tokens=int(num("SYNTHHOST_RATELIMIT_DEFAULT_MAX_TOKENS", DEFAULT_MAX_TOKENS)),
             pool_size=max(1, int(num("SYNTHHOST_RATELIMIT_REDIS_POOL", 16))),
+            pipeline=max(0, int(num("SYNTHHOST_RATELIMIT_PIPELINE", 128))),
         )
 
 
@@ -161,7 +163,7 @@ class RateLimiter:
             from synthhost_ratelimit.redis_backend import connect
 
             limiter = connect(config.redis_url, timeout_s=config.timeout_s, prefix=config.prefix,
-                              pool_size=config.pool_size)
+                              pool_size=config.pool_size, pipeline=config.pipeline)
             state = cls(config, table, limiter=limiter, guard=None, emit=host.emit)
             guard = state.guard = Guarded(limiter, mode=config.fail, probe_s=config.probe_s,
                                           notify=state._queue_event)
