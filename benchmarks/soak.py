@@ -15,6 +15,10 @@ asserts nothing.
 
     uv run python benchmarks/soak.py
     uv run python benchmarks/soak.py --minutes 5 --interval-s 30 --rate 100 --json
+
+Every prompt but each 50th is new, so the similarity library grows until it holds
+``--max-references`` logged prompts per workspace (1,000 by default here, reached in the
+warm-up); after that it evicts the oldest, and memory must stay flat.
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "DATABASE_URL": f"{schema.url(5432)}&application_name={app}",
         "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
         "SYNTHHOST_HOME": str(work / "home"), "SYNTHHOST_SPOOL_DIR": str(work / "spool"),
+        "SYNTHHOST_SIMILARITY_MAX_REFERENCES": str(args.max_references),
         **services,
     }
     samples: list[dict[str, Any]] = []
@@ -158,7 +163,10 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     first, last = warm[0], warm[-1]
     growth = {k: round(last[k] - first[k], 2) for k in ("rss_mb", "fds", "db_connections", "redis_mb",
                                                        "outbox_depth")}
-    return {"minutes": args.minutes, "rate": args.rate, "calls": samples[-1]["calls"], "failed": failed,
+    percent = {k: round(100 * (last[k] - first[k]) / first[k], 1) if first[k] else None
+               for k in ("rss_mb", "fds", "db_connections", "redis_mb")}
+    return {"minutes": args.minutes, "rate": args.rate, "max_references": args.max_references,
+            "calls": samples[-1]["calls"], "failed": failed, "growth_after_warmup_percent": percent,
             "samples": samples, "growth_after_warmup": growth, "allocations_grown": top}
 
 
@@ -168,6 +176,10 @@ def main() -> None:
     parser.add_argument("--interval-s", type=float, default=60.0, help="seconds between samples")
     parser.add_argument("--warmup-min", type=float, default=2.0, help="minutes before the flatness baseline")
     parser.add_argument("--rate", type=float, default=50.0, help="calls per second")
+    parser.add_argument("--max-references", type=int, default=1000,
+                        help="SYNTHHOST_SIMILARITY_MAX_REFERENCES for the soak (default 1,000 per workspace, so "
+                             "the similarity library reaches its bound during the warm-up; at the production "
+                             "default of 100,000 it is still filling after 30 minutes, by design)")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="also print the 10 allocation sites that grew most after the warm-up (slower)")
     parser.add_argument("--json", action="store_true")
@@ -180,6 +192,8 @@ def main() -> None:
     print(f"{out['calls']} calls in {out['minutes']:g} min at {out['rate']:g}/s, {out['failed']} failed")
     print("growth from the first sample after warm-up to the last: "
           + ", ".join(f"{k} {v:+g}" for k, v in out["growth_after_warmup"].items()))
+    print("as a share of the first sample after warm-up: "
+          + ", ".join(f"{k} {v:+g} %" for k, v in out["growth_after_warmup_percent"].items() if v is not None))
     for line in out["allocations_grown"]:
         print(f"  {line}")
 
