@@ -444,7 +444,7 @@ class _Wire:
             await conn.disconnect(nowait=True)
             await self._drop_idle()
             if fresh:
-                _fail(batch[read:], exc)
+                _fail(again + batch[read:], exc)
                 return
             again += batch[read:]
         except BaseException:  # timeout, cancellation: replies may still be in flight
@@ -519,12 +519,14 @@ def _settle(future: asyncio.Future[Any], reply: Any = None, *, exc: BaseExceptio
 
 
 def _fail(batch: Sequence[tuple[Any, Any, asyncio.Future[Any]]], exc: BaseException) -> None:
+    """Every caller of ``batch`` still waiting gets ``exc`` (its own copy); a batch cut
+    short by the limiter closing answers as an unreachable Redis would, not with a
+    cancellation its callers did not ask for."""
+    if not isinstance(exc, Exception):
+        exc = ConnectionError("rate limiter: closed while the decision was in flight")
     for _, _, future in batch:
         if not future.done():
-            if isinstance(exc, asyncio.CancelledError):
-                future.cancel()
-            else:
-                future.set_exception(copy.copy(exc))
+            future.set_exception(copy.copy(exc))
 
 
 def _on_asyncio() -> bool:

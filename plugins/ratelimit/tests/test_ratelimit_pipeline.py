@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
+from redis.exceptions import ConnectionError
 
 from synthhost_ratelimit.limits import Decision, Limit, ScopeCheck
 from synthhost_ratelimit.redis_backend import RedisLimiter, connect
@@ -159,3 +160,31 @@ async def test_a_cancelled_caller_leaves_the_rest_of_its_batch_answered(redis_ur
         assert (await limiter.usage(scopes))[0] == (19, 0)  # the cancelled one never left
     finally:
         await limiter.aclose()
+
+
+async def test_closing_the_limiter_answers_a_waiting_batch_as_an_unreachable_redis(redis_url: str,
+                                                                                  rl_prefix: str,
+                                                                                  clock: Any) -> None:
+    scopes = checks(1_000, 1_000_000)
+    limiter = connect(redis_url, timeout_s=30.0, prefix=rl_prefix, clock=clock, pool_size=1)
+    wire = limiter._wire
+    await wire.slots.acquire()  # the only connection is busy...
+    wire.in_flight += 1  # ...with a call in flight: the next ones join a batch, which waits
+    results: dict[int, Any] = {}
+
+    async def one(i: int) -> None:
+        try:
+            results[i] = await limiter.acquire(scopes, f"m{i}", 1)
+        except ConnectionError as exc:
+            results[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i in range(5):
+            tg.start_soon(one, i)
+        while not wire._tasks:  # the batch is waiting for the connection
+            await anyio.sleep(0.001)
+        await limiter.aclose()
+    # an error the guard treats as Redis being away (fail open/closed/local), not a
+    # cancellation its callers did not ask for
+    assert sorted(results) == list(range(5))
+    assert all(isinstance(r, ConnectionError) for r in results.values())
