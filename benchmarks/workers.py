@@ -7,11 +7,15 @@ then ``--runs`` durable runs of ``--steps`` steps enqueued as fast as one proces
 first enqueue to the last run finished, queue wait p50/p95 (enqueue to the run's first
 model call, from the echo provider's call log), and on PostgreSQL the rows written
 (inserted, updated, deleted: synthhost's tables and DBOS') per step and per run.
+``--tool-calls K`` makes every step an agent loop of K turns that each call a (no-op)
+python tool, then a final answer: 2K+1 DBOS steps (K+1 model turns, K tool calls) per
+agent step, and the writes are also given per DBOS step.
 
     uv run --frozen python benchmarks/workers.py                     # PostgreSQL, 1/2/4 workers
     uv run --frozen python benchmarks/workers.py --workers 1,2 --runs 400 --json
     uv run --frozen python benchmarks/workers.py --db sqlite
     uv run --frozen python benchmarks/workers.py --preload       # a full queue: execution only
+    uv run --frozen python benchmarks/workers.py --workers 1 --runs 100 --tool-calls 2
 
 Prints figures; asserts nothing.
 """
@@ -36,9 +40,20 @@ import sqlalchemy as sa
 PG_URL = os.environ.get("SYNTHHOST_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
-def agent_yaml(steps: int) -> str:
+def agent_yaml(steps: int, tool_calls: int = 0) -> str:
     lines = "".join(f"  - name: s{i}\n    prompt: \"step {i} of {{{{ n }}}}\"\n" for i in range(1, steps + 1))
-    return f"name: bench\nworkspace: bench\nmodel: echo/bench\ninputs:\n  n: {{default: '0'}}\nsteps:\n{lines}"
+    tools = ""
+    if tool_calls:
+        script = ", ".join(f"[{{name: noop, arguments: {{n: {t}}}}}]" for t in range(tool_calls))
+        tools = f"params: {{echo_tool_calls: [{script}]}}\ntools:\n  - {{python: 'bench_tools:noop'}}\n"
+    return (f"name: bench\nworkspace: bench\nmodel: echo/bench\n{tools}inputs:\n  n: {{default: '0'}}\n"
+            f"steps:\n{lines}")
+
+
+BENCH_TOOLS = '''def noop(n: int) -> int:
+    """Return n."""
+    return n
+'''
 
 
 def pct(values: list[float], q: float) -> float:
@@ -82,7 +97,9 @@ def one(workers: int, args: argparse.Namespace) -> dict[str, Any]:
         import anyio
 
         anyio.run(host.start)
-        spec = parse_agent(agent_yaml(args.steps), "bench")
+        (tmp / "bench_tools.py").write_text(BENCH_TOOLS)
+        (tmp / "bench.yaml").write_text(agent_yaml(args.steps, args.tool_calls))
+        spec = parse_agent(agent_yaml(args.steps, args.tool_calls), str(tmp / "bench.yaml"))
         preloaded: dict[str, float] = {}
         if args.preload:  # the whole queue first: execution throughput without the producer
             durable.enqueue(host, spec, inputs={"n": "warm-up"})
@@ -140,6 +157,9 @@ def one(workers: int, args: argparse.Namespace) -> dict[str, Any]:
             writes = pg_writes(admin, schema) - before
             result["row_writes_per_run"] = round(writes / args.runs, 1)
             result["row_writes_per_step"] = round(writes / (args.runs * args.steps), 1)
+            if args.tool_calls:
+                result["row_writes_per_dbos_step"] = round(
+                    writes / (args.runs * args.steps * (2 * args.tool_calls + 1)), 1)
         return result
     finally:
         for proc in procs:
@@ -160,6 +180,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--latency-ms", type=float, default=50)
+    parser.add_argument("--tool-calls", type=int, default=0,
+                        help="tool-calling turns per step (each turn and tool call its own DBOS step)")
     parser.add_argument("--concurrency", type=int, default=16, help="runs each worker executes at once")
     parser.add_argument("--poll-s", type=float, default=0.05, help="SYNTHHOST_QUEUE_POLL_S of the workers")
     parser.add_argument("--preload", action="store_true",
@@ -171,7 +193,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"{args.runs} runs x {args.steps} steps, echo {args.latency_ms:g} ms, concurrency {args.concurrency}"
+    loop = f" ({args.tool_calls} tool-calling turns each)" if args.tool_calls else ""
+    print(f"{args.runs} runs x {args.steps} steps{loop}, echo {args.latency_ms:g} ms, concurrency {args.concurrency}"
           f" per worker, {args.db}, {os.cpu_count()} CPUs")
     for r in results:
         line = (f"{r['workers']} worker(s): {r['runs_per_s']:>7} runs/s  queue wait p50 {r['wait_p50_ms']:>8} ms"
@@ -180,6 +203,8 @@ def main() -> None:
             line += f"  (enqueue {r['enqueue_per_s']}/s)"
         if "row_writes_per_step" in r:
             line += f"  rows written: {r['row_writes_per_step']}/step, {r['row_writes_per_run']}/run"
+        if "row_writes_per_dbos_step" in r:
+            line += f", {r['row_writes_per_dbos_step']}/DBOS step (turn or tool call)"
         print(line)
 
 

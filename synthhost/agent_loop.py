@@ -2,7 +2,9 @@
 until a final answer, ``max_turns`` (``MAX_TURNS``) or a failed model call.
 
 :func:`call_model_turn` and :func:`call_tool` are the only places a model turn and a
-tool call happen, so a durable executor can wrap exactly those two as steps. Both are
+tool call happen; :func:`model_turn` and :func:`tool_call` run them through the run's
+step boundary, so in a durable run each is its own checkpointed DBOS step (the loop
+itself runs at workflow level, deterministic given the checkpoints). Both are
 keyed: the span id of a turn is derived from (run, step, turn) and a tool call's from
 (run, step, turn, tool_call_id), so a step replayed after a crash writes the same keyed
 span rows instead of new ones. Span ids are not secrets (every read is checked against
@@ -20,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from synthhost.call import Call, Recovery, Response, ToolCallRequest
+from synthhost.call import Call, Recovery, Response, ToolCallRequest, Usage
 from synthhost.errors import Denied, ErrorCode, SynthhostError, UsageError
-from synthhost.runner import RunState, cancelled_error, traced_call
+from synthhost.runner import RunState, cancelled_error, checkpointed, traced_call
+from synthhost.steps import inline_boundary
 from synthhost.tools import MAX_RESULT_CHARS, MAX_TOOL_ATTEMPTS, Tool, ToolCall, ToolError, ToolResult
 from synthhost.trace import SpanRecord
 
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
     from synthhost.host import Host
     from synthhost.structured import OutputSchema
 
-__all__ = ["LoopScope", "call_model_turn", "call_tool", "run_tool_loop", "step_id"]
+__all__ = ["LoopScope", "call_model_turn", "call_tool", "model_turn", "run_tool_loop", "step_id", "tool_call"]
 
 SPAN_TEXT_CAP = 4000  # characters of a tool's arguments/result kept on its span
 
@@ -193,6 +196,58 @@ def _record(host: Host, run: RunState, ctx: ToolCall, result: ToolResult | None,
         ctx.emit("tool_called", source=ctx.source, latency_ms=latency_ms, turn=ctx.turn)
 
 
+# -- as durable steps --------------------------------------------------------------------
+
+
+def _response_record(response: Response) -> dict[str, Any]:
+    return {"text": response.text, "model": response.model, "provider": response.provider,
+            "usage": response.usage.to_dict(), "finish_reason": response.finish_reason,
+            "latency_s": response.latency_s,
+            "tool_calls": [[t.id, t.name, t.arguments] for t in response.tool_calls]}
+
+
+def _response_of(record: dict[str, Any]) -> Response:
+    return Response(record["text"], record["model"], record["provider"], Usage(**record["usage"]),
+                    record["finish_reason"], record["latency_s"],
+                    tool_calls=[ToolCallRequest(*t) for t in record["tool_calls"]])
+
+
+async def model_turn(host: Host, run: RunState, scope: LoopScope, call: Call, turn: int) -> Response:
+    """:func:`call_model_turn`; in a durable run, as its own checkpointed step: the
+    response (or the error) is the checkpoint, and a turn completed before a crash is
+    not called again."""
+    if run.boundary is inline_boundary:
+        return await call_model_turn(host, run, scope, call, turn)
+
+    async def body() -> dict[str, Any]:
+        try:
+            return {"response": _response_record(await call_model_turn(host, run, scope, call, turn)), "error": None}
+        except SynthhostError as err:
+            return {"response": None, "error": [err.code, err.message]}
+
+    record = await checkpointed(run, f"{scope.step}:turn{turn}", body)
+    if record["error"] is not None:
+        code, message = record["error"]
+        raise SynthhostError(message, code=code)
+    return _response_of(record["response"])
+
+
+async def tool_call(host: Host, run: RunState, scope: LoopScope, tools: Mapping[str, Tool],
+                    request: ToolCallRequest, turn: int, index: int) -> ToolResult:
+    """:func:`call_tool`; in a durable run, as its own checkpointed step (the result the
+    model reads is the checkpoint)."""
+    if run.boundary is inline_boundary:
+        return await call_tool(host, run, scope, tools, request, turn)
+
+    async def body() -> dict[str, Any]:
+        result = await call_tool(host, run, scope, tools, request, turn)
+        return {"result": [result.content, result.is_error, result.error_code]}
+
+    record = await checkpointed(run, f"{scope.step}:turn{turn}:tool{index}:{request.id}", body)
+    content, is_error, error_code = record["result"]
+    return ToolResult(content, is_error, error_code)
+
+
 # -- the loop ----------------------------------------------------------------------------
 
 
@@ -200,11 +255,11 @@ async def call_tools(host: Host, run: RunState, scope: LoopScope, tools: Mapping
                      requests: Sequence[ToolCallRequest], turn: int) -> list[ToolResult]:
     """The turn's tool calls, concurrently (in the order asked, for the transcript)."""
     if len(requests) == 1:
-        return [await call_tool(host, run, scope, tools, requests[0], turn)]
+        return [await tool_call(host, run, scope, tools, requests[0], turn, 1)]
     results: list[ToolResult | None] = [None] * len(requests)
 
     async def one(i: int, request: ToolCallRequest) -> None:
-        results[i] = await call_tool(host, run, scope, tools, request, turn)
+        results[i] = await tool_call(host, run, scope, tools, request, turn, i + 1)
 
     async with anyio.create_task_group() as tg:
         for i, request in enumerate(requests):
@@ -234,7 +289,7 @@ async def run_tool_loop(host: Host, run: RunState, scope: LoopScope, new_call: N
         if turn == 1 and tools and getattr(host.provider(call.request.provider), "supports_tools", True) is False:
             raise UsageError(f"step {scope.step!r}: provider {call.request.provider!r} cannot call tools "
                              "(use an OpenAI-compatible provider, or echo offline)")
-        response = await call_model_turn(host, run, scope, call, turn)
+        response = await model_turn(host, run, scope, call, turn)
         if response.tool_calls:
             messages.append({"role": "assistant", "content": response.text or None,
                              "tool_calls": [t.to_message() for t in response.tool_calls]})

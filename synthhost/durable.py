@@ -5,8 +5,16 @@ A durable run is enqueued (``synthhost run --durable``, :meth:`Host.enqueue`,
 database synthhost already uses (PostgreSQL: the ``dbos`` schema, or the schema of the
 URL's ``search_path``; SQLite: a file next to the database, ``<db>.dbos``: one machine
 only). Any number of workers, on any number of machines, dequeue from it. Each run is a
-DBOS workflow and each agent step one DBOS step (:mod:`synthhost.steps`): after a crash
-the run resumes at its first unfinished step; completed steps return their checkpoint.
+DBOS workflow; each model call and each tool call is one DBOS step (:mod:`synthhost.steps`:
+a plain agent step is one step; a looped step's loop runs at workflow level and each of
+its model turns and tool calls is a step): after a crash the run resumes at its first
+unfinished step; completed steps return their checkpoint.
+
+A run DBOS gives up on (past ``SYNTHHOST_MAX_RECOVERY_ATTEMPTS``, default 100; an error
+escaping the workflow; cancelled in DBOS) while its row still says queued/running is
+recorded by :meth:`Worker.reconcile`. ``SYNTHHOST_DRILL_CRASH_BEFORE_CHECKPOINT=<step>``
+(crash drills): the worker exits (137) once that step's rows are written, before its
+checkpoint.
 
 Recovery without a control plane: every worker has its own DBOS executor id and writes
 a heartbeat to ``durable_workers`` every ``SYNTHHOST_WORKER_HEARTBEAT_S`` (2 s). A live
@@ -40,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from synthhost.call import new_id
-from synthhost.errors import UsageError
+from synthhost.errors import ErrorCode, UsageError
 from synthhost.steps import scoped
 from synthhost.storage.models import DurableWorker, Run
 from synthhost.storage.writer import KEEP_FIRST
@@ -61,6 +69,16 @@ APP_NAME = "synthhost"
 RUNS = Run.__table__  # type: ignore[attr-defined]
 WORKERS = DurableWorker.__table__  # type: ignore[attr-defined]
 FINISHED = ("ok", "error", "cancelled")
+# DBOS' end states of a workflow that did not return, and what a run left unfinished by
+# one is recorded with (Worker.reconcile, every RECONCILE_EVERY heartbeats).
+DBOS_ENDED = {
+    "MAX_RECOVERY_ATTEMPTS_EXCEEDED": "the run's workers died more than SYNTHHOST_MAX_RECOVERY_ATTEMPTS={} "
+                                      "times while executing it; it is not recovered again",
+    "ERROR": "the durable run's workflow failed",
+    "CANCELLED": "run cancelled",
+}
+RECONCILE_EVERY = 5
+RECONCILE_LIMIT = 1000
 
 
 def _require_dbos() -> None:
@@ -94,6 +112,7 @@ class DurableConfig:
     ttl_s: float
     queue_concurrency: int | None
     workspace_concurrency: int | None
+    max_recovery_attempts: int = 100
 
     @classmethod
     def from_env(cls, database_url: str, env: Mapping[str, str]) -> DurableConfig:
@@ -113,9 +132,11 @@ class DurableConfig:
         ttl = _number(env, "SYNTHHOST_WORKER_TTL_S", 30.0, 0.1, 86400)
         queue = _number(env, "SYNTHHOST_QUEUE_CONCURRENCY", None, 1, 1_000_000)
         workspace = _number(env, "SYNTHHOST_WORKSPACE_CONCURRENCY", None, 1, 1_000_000)
-        assert heartbeat is not None and ttl is not None
+        attempts = _number(env, "SYNTHHOST_MAX_RECOVERY_ATTEMPTS", 100, 0, 1_000_000)
+        assert heartbeat is not None and ttl is not None and attempts is not None
         return cls(system_url, schema, env.get("SYNTHHOST_APP_VERSION") or _version(), heartbeat, ttl,
-                   None if queue is None else int(queue), None if workspace is None else int(workspace))
+                   None if queue is None else int(queue), None if workspace is None else int(workspace),
+                   int(attempts))
 
     @classmethod
     def of(cls, host: Host) -> DurableConfig:
@@ -328,11 +349,11 @@ _worker_host: Host | None = None
 _active: set[str] = set()  # runs executing in this process
 
 
-def _workflow() -> Any:
+def _workflow(max_recovery_attempts: int) -> Any:
     """The run workflow, registered with DBOS once per process (before launch)."""
     from dbos import DBOS
 
-    @DBOS.workflow(name=WORKFLOW)
+    @DBOS.workflow(name=WORKFLOW, max_recovery_attempts=max_recovery_attempts)
     async def durable_run(request: dict[str, Any]) -> dict[str, Any]:
         from synthhost.agent import parse_agent
         from synthhost.runner import run_agent
@@ -347,6 +368,8 @@ def _workflow() -> Any:
             # The step's rows (cost, events, spans) are durable before its checkpoint: a
             # replayed step is not executed again, so nothing would write them later.
             await host.wait_for_rows()
+            if name == host.settings.env.get("SYNTHHOST_DRILL_CRASH_BEFORE_CHECKPOINT"):
+                os._exit(137)  # crash drill: the step's rows are written, its checkpoint is not
             return record
 
         async def boundary(run: RunState, name: str, body: Any) -> Any:
@@ -370,11 +393,11 @@ _registered = threading.Lock()
 _WORKFLOW: Any = None
 
 
-def register_workflow() -> None:
+def register_workflow(max_recovery_attempts: int = 100) -> None:
     global _WORKFLOW
     with _registered:
         if _WORKFLOW is None:
-            _WORKFLOW = _workflow()
+            _WORKFLOW = _workflow(max_recovery_attempts)
 
 
 class Worker:
@@ -397,7 +420,7 @@ class Worker:
         global _worker_host
         from dbos import DBOS
 
-        register_workflow()
+        register_workflow(self.config.max_recovery_attempts)
         _worker_host = self.host
         DBOS(config={
             "name": APP_NAME, "system_database_url": self.config.system_url,
@@ -463,10 +486,14 @@ class Worker:
             _worker_host = None
 
     def _loop(self) -> None:
+        beats = 0
         while not self._stop.wait(self.config.heartbeat_s):
+            beats += 1
             try:
                 self._beat()
                 self.recover_dead()
+                if beats % RECONCILE_EVERY == 0:
+                    self.reconcile()
             except Exception as exc:  # the database may be away: try at the next beat
                 log.warning("durable heartbeat failed: %s: %s", type(exc).__name__, exc)
 
@@ -480,6 +507,35 @@ class Worker:
                     executor_id=self.executor_id, hostname=socket.gethostname()[:200], pid=os.getpid(),
                     app_version=self.config.app_version, queues=",".join(self.queues)[:1000],
                     concurrency=self.concurrency, started_at=now, heartbeat_at=now))
+
+    def reconcile(self) -> list[str]:
+        """Record the runs DBOS ended without them finishing: a workflow past
+        ``SYNTHHOST_MAX_RECOVERY_ATTEMPTS`` (its workers kept dying), one an error escaped
+        (``ERROR``), or one cancelled in DBOS while its run row still says ``queued`` or
+        ``running``. They become ``error`` (``RUN_FAILED``, with the reason) or
+        ``cancelled``; runs already finished are left alone. Returns the run ids changed."""
+        from dbos import DBOS
+
+        failed = DBOS.list_workflows(status=list(DBOS_ENDED), name=WORKFLOW, limit=RECONCILE_LIMIT,
+                                     sort_desc=True, load_input=False)
+        changed: list[str] = []
+        for wf in failed:
+            status, code, message = "error", ErrorCode.RUN_FAILED, DBOS_ENDED[wf.status]
+            if wf.status == "CANCELLED":
+                status, code = "cancelled", ErrorCode.CANCELLED
+            elif wf.status == "MAX_RECOVERY_ATTEMPTS_EXCEEDED":
+                message = message.format(self.config.max_recovery_attempts)
+            elif wf.error is not None:
+                message += f": {type(wf.error).__name__}: {' '.join(str(wf.error).split())[:500]}"
+            with self.host.engine.begin() as conn:
+                if conn.execute(RUNS.update().where(RUNS.c.id == wf.workflow_id,
+                                                    RUNS.c.status.in_(("queued", "running")))
+                                .values(status=status, ended_at=datetime.now(UTC), error_code=code,
+                                        error_message=message)).rowcount:
+                    changed.append(wf.workflow_id)
+        for run_id in changed:
+            log.warning("durable run %s ended in DBOS without finishing: recorded it", run_id)
+        return changed
 
     def recover_dead(self) -> list[str]:
         """Hand the pending runs of every worker of this version silent past the TTL to

@@ -31,6 +31,8 @@ class ErrorCode(StrEnum):
     STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
     MAX_TURNS = "MAX_TURNS"
     OUTPUT_INVALID = "OUTPUT_INVALID"
+    # A durable run its engine (DBOS) gave up on: recovered too often, or an error escaped it.
+    RUN_FAILED = "RUN_FAILED"
     # Tool failures: the model reads them as tool results; they end no run.
     TOOL_ERROR = "TOOL_ERROR"
     TOOL_TIMEOUT = "TOOL_TIMEOUT"

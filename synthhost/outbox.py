@@ -102,7 +102,8 @@ class OutboxRow(SQLModel, table=True):
     included); ``last_attempt_at`` orders errors for :func:`queue_stats`."""
 
     __tablename__ = "outbox"
-    __table_args__ = (sa.Index("ix_outbox_exporter_state_due", "exporter", "state", "next_attempt_at"),)
+    __table_args__ = (sa.Index("ix_outbox_exporter_state_due", "exporter", "state", "next_attempt_at"),
+                      sa.Index("ux_outbox_event_exporter", "event_id", "exporter", unique=True))
 
     id: int | None = Field(default=None, sa_column=sa.Column(_big_int(), primary_key=True, autoincrement=True))
     event_id: str = Field(max_length=32)
@@ -135,6 +136,8 @@ OUTBOX_INSERT = sa.Table(
         for c in OUTBOX.columns
         if c.name in ("event_id", "exporter", "state", "attempts", "next_attempt_at", "created_at")
     ),
+    # One row per (event, exporter): what a durable step executed again inserts is ignored.
+    sa.Index("ux_outbox_event_exporter", "event_id", "exporter", unique=True),
 )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -84,9 +85,15 @@ class RunState:
     priced_calls: int = 0
     unpriced_calls: int = 0
     tokens: int = 0
+    # Where the agent loop's model turns and tool calls run (synthhost.steps): in process
+    # the inline boundary; in a durable run, each one is a checkpointed DBOS step.
+    boundary: StepBoundary = inline_boundary
 
     def add_span(self, span: SpanRecord) -> None:
         self.spans.append(span)
+        sink = _STEP_SPANS.get()
+        if sink is not None:
+            sink.append(span)
         self.host.writer.submit_values(SPANS, span_values(span, self.workspace))
         if span.kind == "call":
             self.tokens += int(span.attributes.get("usage", {}).get("total_tokens", 0) or 0)
@@ -121,6 +128,36 @@ class RunState:
             "error_message": error.message if error else None,
             "attributes": attributes,
         }
+
+
+# The spans a checkpointed unit of work (:func:`checkpointed`) adds, whatever else runs
+# beside it (a turn's tool calls run concurrently).
+_STEP_SPANS: ContextVar[list[SpanRecord] | None] = ContextVar("synthhost_step_spans", default=None)
+
+
+async def checkpointed(run: RunState, name: str, body: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """``body`` (returning a JSON-able record) through the run's boundary as one step.
+    The record gains ``spans``: the spans the body added. A step replayed from its
+    checkpoint (``body`` not executed) puts those spans back on the run (its cost and
+    tokens; their rows are re-submitted and kept once by the writer)."""
+    executed = False
+
+    async def step() -> dict[str, Any]:
+        nonlocal executed
+        executed = True
+        sink: list[SpanRecord] = []
+        token = _STEP_SPANS.set(sink)
+        try:
+            record = await body()
+        finally:
+            _STEP_SPANS.reset(token)
+        return {**record, "spans": [dataclasses.asdict(span) for span in sink]}
+
+    record: dict[str, Any] = await run.boundary(run, name, step)
+    if not executed:
+        for span in record["spans"]:
+            run.add_span(SpanRecord(**span))
+    return record
 
 
 def span_values(span: SpanRecord, workspace: str) -> dict[str, Any]:
@@ -336,6 +373,7 @@ async def run_agent(
     ws = workspace or spec.workspace
     resolved: dict[str, Any] = dict(resolve_inputs(spec, dict(inputs)))
     run = RunState(host, run_id or new_id(), new_id(), ws, spec.name, spec.name, user, org, dict(resolved))
+    run.boundary = boundary or inline_boundary
     root = SpanRecord(run.run_id, run.trace_id, run.run_id, "run", spec.name, run.started_at)
     host.writer.submit_values(RUNS, run.run_values("running", None, None, None), upsert_on=("id",))
 
@@ -365,7 +403,12 @@ async def run_agent(
                                            org, toolbox, on_delta if step is spec.steps[-1] else None)
 
                 try:
-                    record = await (boundary or inline_boundary)(run, f"{index}:{step.name}", body)
+                    if boundary is not None and isinstance(toolbox, ToolBox) and spec.uses_loop(step):
+                        # A durable run's agent loop runs at workflow level: each model turn
+                        # and each tool call is its own step (synthhost.agent_loop).
+                        record = await body()
+                    else:
+                        record = await (boundary or inline_boundary)(run, f"{index}:{step.name}", body)
                     if not executed:  # replayed from a durable run's checkpoint: its rows exist already
                         restore_step(run, step_result, record)
                 finally:

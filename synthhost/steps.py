@@ -1,8 +1,8 @@
 """Step boundaries: the points where a run can be checkpointed.
 
-A run hands each unit of work (an agent step's model call today; the tool loop's
-model turns and tool calls once they exist) to a :class:`StepBoundary` as
-``await boundary(run, name, body)``. In process, the boundary just awaits ``body``.
+A run hands each unit of work (a plain agent step's model call; each model turn and
+each tool call of a looped step, through :func:`synthhost.runner.checkpointed`) to a
+:class:`StepBoundary` as ``await boundary(run, name, body)``. In process, the boundary just awaits ``body``.
 In a durable run (``synthhost.durable``) it is a DBOS step: the first time, ``body``
 runs with deterministic ids (:func:`scoped`) and its JSON-able result is checkpointed;
 after a crash, a completed step returns its checkpoint and ``body`` does not run.

@@ -161,6 +161,148 @@ def test_killed_worker_run_resumes_on_another_without_repeating_steps(host, work
     assert row["output"].startswith("echo: step 4 of cats")
 
 
+LOOP_TOOLS = """import json, os
+from pathlib import Path
+
+import anyio
+
+HERE = Path(__file__).parent
+
+
+async def work(n: int) -> str:
+    \"\"\"Record this execution; the second call waits for the test's marker.\"\"\"
+    with open(HERE / "tool_log.jsonl", "a") as log:
+        log.write(json.dumps({"n": n, "pid": os.getpid()}) + "\\n")
+    if n == 2:
+        while not (HERE / "go").exists():
+            await anyio.sleep(0.05)
+    return f"done {n}"
+"""
+
+LOOP_AGENT = """name: looper
+workspace: acme
+model: gpt-4o-mini
+params:
+  echo_tool_calls: [[{name: work, arguments: {n: 1}}, {name: work, arguments: {n: 3}}],
+                   [{name: work, arguments: {n: 2}}]]
+tools:
+  - {python: 'durable_loop_tools:work', timeout_s: 300}
+steps:
+  - name: s1
+    prompt: go
+retry: {max_attempts: 1}
+"""
+
+
+def test_killed_worker_resumes_a_tool_loop_at_its_first_unfinished_turn_or_tool_call(host, workers, env, tmp_path):
+    """Each model turn and each tool call of a looped step is its own step: kill -9 the
+    worker while turn 2's tool call runs (turn 1, its two concurrent tool calls and turn
+    2 are done); another worker executes only that tool call again and turn 3. One cost
+    row per model turn."""
+    (tmp_path / "durable_loop_tools.py").write_text(LOOP_TOOLS)
+    (tmp_path / "looper.yaml").write_text(LOOP_AGENT)
+    tool_log = tmp_path / "tool_log.jsonl"
+
+    def tools_ran() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in tool_log.read_text().splitlines()] if tool_log.exists() else []
+
+    first = workers.start("--concurrency", "1")
+    spec = parse_agent(LOOP_AGENT, str(tmp_path / "looper.yaml"))
+    run_id = durable.enqueue(host, spec, inputs={})
+    wait_for(lambda: any(t["n"] == 2 for t in tools_ran()), what="tool call 2 to start")
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    (tmp_path / "go").write_text("")
+    second = workers.start("--concurrency", "1")
+    row = wait_for(lambda: finished(host, run_id), what="the run to finish")
+    assert row["status"] == "ok", row
+    assert row["output"] == "echo: done 2"
+    turns = [c["pid"] for c in calls(env) if c["run"] == run_id]
+    assert turns == [first.pid, first.pid, second.pid]  # turns 1 and 2 are not called again
+    ran = [(t["n"], t["pid"]) for t in tools_ran()]
+    assert sorted(ran[:2]) == [(1, first.pid), (3, first.pid)]  # turn 1's two tool calls, once each
+    assert ran[2:] == [(2, first.pid), (2, second.pid)]  # the interrupted one, again
+    anyio.run(host.writer.flush)
+    with host.engine.connect() as conn:
+        costs = conn.execute(sa.select(COST_LOGS.c.total_cost).where(COST_LOGS.c.run_id == run_id)).scalars().all()
+        kinds = Counter(conn.execute(sa.text("SELECT kind FROM spans WHERE run_id = :r"), {"r": run_id}).scalars())
+    assert len(costs) == 3  # exactly one per model turn
+    assert Decimal(row["attributes"]["cost_usd"]) == sum((Decimal(str(c)) for c in costs), Decimal(0))
+    assert row["attributes"]["calls"] == 3 and row["attributes"]["tool_calls"] == 3
+    assert kinds == {"run": 1, "step": 1, "call": 3, "tool": 3}
+
+
+def rows_of(host: Host, run_id: str) -> dict[str, int]:
+    anyio.run(host.writer.flush)
+    with host.engine.connect() as conn:
+        counts = {t: conn.execute(sa.text(f"SELECT count(*) FROM {t} WHERE run_id = :r"), {"r": run_id}).scalar_one()
+                  for t in ("spans", "event_logs", "model_cost_logs")}
+        counts["outbox"] = conn.execute(sa.text(
+            "SELECT count(*) FROM outbox WHERE event_id IN (SELECT id FROM event_logs WHERE run_id = :r)"),
+            {"r": run_id}).scalar_one()
+    return counts
+
+
+@pytest.mark.parametrize("crash_at", ["2:s2", "s1:turn2"])
+def test_a_step_re_executed_after_a_crash_writes_no_row_twice(host, workers, env, tmp_path, crash_at):
+    """The worker dies inside a step after the step's rows are committed, before its
+    checkpoint (the crash drill): another worker executes the step again, and every
+    table holds exactly what a run without a crash writes. Events go to an exporter
+    (RudderStack at an unreachable address), so the outbox is counted too."""
+    exporting = {**env, "SYNTHHOST_LOAD_PLUGINS": "cost,rudderstack", "RUDDERSTACK_WRITE_KEY": "k",
+                 "RUDDERSTACK_DATA_PLANE_URL": "http://127.0.0.1:9", "RUDDERSTACK_RETRY_DELAY": "60000"}
+    if crash_at == "2:s2":
+        spec, step = agent(3, name="three"), "s2"
+    else:
+        (tmp_path / "durable_loop_tools.py").write_text(LOOP_TOOLS)
+        (tmp_path / "go").write_text("")
+        (tmp_path / "looper.yaml").write_text(LOOP_AGENT)
+        spec, step = parse_agent(LOOP_AGENT, str(tmp_path / "looper.yaml")), "s1"
+    workers.env = {**exporting, "SYNTHHOST_DRILL_CRASH_BEFORE_CHECKPOINT": crash_at}
+    first = workers.start("--concurrency", "1")
+    crashed = durable.enqueue(host, spec, inputs={})
+    assert first.wait(60) == 137  # the drill
+    workers.env = exporting
+    second = workers.start("--concurrency", "1")
+    assert wait_for(lambda: finished(host, crashed), what="the crashed run to finish")["status"] == "ok"
+    clean = durable.enqueue(host, spec, inputs={})
+    assert wait_for(lambda: finished(host, clean), what="the clean run to finish")["status"] == "ok"
+    pids = [c["pid"] for c in calls(env) if c["run"] == crashed and c["step"] == step]
+    if crash_at == "2:s2":
+        assert pids == [first.pid, second.pid]  # step 2 executed twice
+        expected = {"spans": 1 + 3 + 3, "model_cost_logs": 3}
+    else:
+        assert pids == [first.pid, first.pid, second.pid, second.pid]  # turn 2 executed twice, then turn 3
+        expected = {"spans": 1 + 1 + 3 + 3, "model_cost_logs": 3}
+    once = rows_of(host, clean)
+    assert rows_of(host, crashed) == once
+    assert {k: once[k] for k in expected} == expected
+    assert once["outbox"] == once["event_logs"] > 0  # one delivery per event to the one exporter
+
+
+def test_a_run_past_its_max_recovery_attempts_is_recorded_failed(host, workers, env):
+    """Two workers in a row die inside step 1 (the crash drill); with
+    SYNTHHOST_MAX_RECOVERY_ATTEMPTS=1, DBOS does not start the run a third time, and the
+    worker that would have recorded it as ``error`` (RUN_FAILED) with the reason, not
+    left ``running`` for ever."""
+    limited = {**env, "SYNTHHOST_MAX_RECOVERY_ATTEMPTS": "1"}
+    workers.env = {**limited, "SYNTHHOST_DRILL_CRASH_BEFORE_CHECKPOINT": "1:s1"}
+    dying = [workers.start("--concurrency", "1")]
+    run_id = durable.enqueue(host, agent(2, name="doomed"), inputs={})
+    assert dying[0].wait(60) == 137
+    dying.append(workers.start("--concurrency", "1"))
+    assert dying[1].wait(60) == 137  # took the run over after the TTL, died the same way
+    workers.env = limited
+    workers.start("--concurrency", "1")
+    row = wait_for(lambda: finished(host, run_id), what="the run to be recorded")
+    assert row["status"] == "error", row
+    assert row["error_code"] == "RUN_FAILED"
+    assert "SYNTHHOST_MAX_RECOVERY_ATTEMPTS=1" in row["error_message"]
+    assert [c["pid"] for c in calls(env) if c["run"] == run_id] == [p.pid for p in dying]  # never a third time
+    wf = durable.client_for(host).retrieve_workflow(run_id).get_status()
+    assert wf.status == "MAX_RECOVERY_ATTEMPTS_EXCEEDED"
+
+
 def test_cancelled_run_stops_at_the_next_step_boundary(host, workers, env):
     workers.start()
     run_id = durable.enqueue(host, agent(latency_ms=300), inputs={})
@@ -335,7 +477,7 @@ def test_cli_durable_bad_input_is_one_line_exit_2(env, tmp_path):
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], result.output
-    for name in ("SYNTHHOST_WORKER_TTL_S", "SYNTHHOST_WORKSPACE_CONCURRENCY"):
+    for name in ("SYNTHHOST_WORKER_TTL_S", "SYNTHHOST_WORKSPACE_CONCURRENCY", "SYNTHHOST_MAX_RECOVERY_ATTEMPTS"):
         result = cli({**env, name: "soon"}, "worker", "--until", "1")
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()

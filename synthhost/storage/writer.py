@@ -369,12 +369,17 @@ def _keep_first(table: sa.Table, values: dict[str, Any]) -> tuple[str, ...] | No
     """The idempotent path for rows written inside a durable step (their ids are
     deterministic, see ``synthhost.call.IdScope``): a step executed again after a crash
     submits the same rows, and the ones already committed are ignored, not counted
-    twice. Tables whose key the row does not carry (the outbox numbers its rows) insert
-    as usual: a duplicate delivery carries the same event id, the receivers' dedupe key."""
+    twice. A table whose primary key the row does not carry (the outbox numbers its
+    rows) is keyed by a unique index the row does carry (the outbox's (event,
+    exporter)); without one, the row inserts as usual."""
     keys = tuple(c.name for c in table.primary_key.columns)
-    if not keys or any(k not in values for k in keys):
-        return None
-    return (KEEP_FIRST, *keys)
+    if keys and all(k in values for k in keys):
+        return (KEEP_FIRST, *keys)
+    for index in table.indexes:
+        columns = tuple(c.name for c in index.columns)
+        if index.unique and columns and all(c in values for c in columns):
+            return (KEEP_FIRST, *columns)
+    return None
 
 
 @functools.lru_cache(maxsize=1024)
