@@ -29,7 +29,10 @@ known prompts in the workspace. In the same run, interleaved round by round (``-
 the script measures the bare host, production with delivery off
 (``SYNTHHOST_DELIVERY=off``: rows are queued, nobody delivers), ``production-inline``
 (delivery and similarity logging in threads of the measured process) and Redis PING, and prints
-each figure with its ratio to the floor and the targets' pass/fail. Every configuration
+each figure with its ratio to the floor and the targets' pass/fail, and the event loop
+thread's CPU time per call (sequential/concurrent: on a shared machine it moves much less
+with other load than the wall times do). Every configuration runs with the start-up heap
+frozen (``SYNTHHOST_GC_FREEZE=1``), as ``synthhost serve`` does. Every configuration
 gets its own host (started and stopped each round) and its own SQLite file.
 
     uv run python benchmarks/overhead.py --profile production
@@ -266,7 +269,8 @@ class LoopbackReceiver:
 
 
 def profile_env(config: str, url: str, redis_url: str, receiver: LoopbackReceiver) -> dict[str, str]:
-    env = {**os.environ, "DATABASE_URL": url, "SYNTHHOST_SIMILARITY_ACTION": "flagged"}
+    # Every configuration runs as `synthhost serve` would: the start-up heap frozen.
+    env = {"SYNTHHOST_GC_FREEZE": "1", **os.environ, "DATABASE_URL": url, "SYNTHHOST_SIMILARITY_ACTION": "flagged"}
     if config == "bare":
         env["SYNTHHOST_LOAD_PLUGINS"] = ""
         return env
@@ -411,7 +415,9 @@ async def profile_round(config: str, env: dict[str, str], warmup: int, count: in
         for _ in range(warmup):
             await one()
         await host.writer.flush()
+        cpu = time.thread_time()
         sequential = [await one() for _ in range(count)]
+        cpu_sequential = (time.thread_time() - cpu) / count
         concurrent: list[float] = []
         remaining = count
 
@@ -421,13 +427,17 @@ async def profile_round(config: str, env: dict[str, str], warmup: int, count: in
                 remaining -= 1
                 concurrent.append(await one())
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         async with anyio.create_task_group() as tg:
             for _ in range(concurrency):
                 tg.start_soon(worker)
         elapsed = time.perf_counter() - started
+        cpu_concurrent = (time.thread_time() - cpu) / count
         stats = dict(host.stats)
-    return {"sequential": sequential, "concurrent": concurrent, "elapsed": elapsed, "stats": stats}
+    # The event loop thread's CPU time per call (user + system): what the call path costs
+    # this process, much less moved by other load on the machine than wall time.
+    return {"sequential": sequential, "concurrent": concurrent, "elapsed": elapsed, "stats": stats,
+            "cpu_sequential": cpu_sequential, "cpu_concurrent": cpu_concurrent}
 
 
 def _us(values: list[float], q: float) -> float:
@@ -475,6 +485,7 @@ def compare(args: argparse.Namespace, redis_url: str, tmp: str, receiver: Loopba
     seq: dict[str, list[float]] = {c: [] for c in configs}
     conc: dict[str, list[float]] = {c: [] for c in configs}
     rate: dict[str, list[float]] = {c: [] for c in configs}
+    cpu: dict[str, list[tuple[float, float]]] = {c: [] for c in configs}
     pings: list[float] = []
     last_stats: dict[str, Any] = {}
     for r in range(args.rounds):
@@ -490,12 +501,14 @@ def compare(args: argparse.Namespace, redis_url: str, tmp: str, receiver: Loopba
             seq[c] += out["sequential"]
             conc[c] += out["concurrent"]
             rate[c].append(len(out["concurrent"]) / out["elapsed"])
+            cpu[c].append((out["cpu_sequential"], out["cpu_concurrent"]))
             last_stats[c] = {k: v for k, v in out["stats"].items() if "dropped" in k or "error" in k
                              or k.startswith("rows_")}
             if not args.json:
                 print(f"round {r + 1} {c:<22} seq p50 {_us(out['sequential'], .5):>7} µs  "
                       f"p95 {_us(out['sequential'], .95):>7} µs  {rate[c][-1]:>7.0f} calls/s at "
-                      f"{args.concurrency}", flush=True)
+                      f"{args.concurrency}  loop CPU {out['cpu_sequential'] * 1e6:6.1f}/"
+                      f"{out['cpu_concurrent'] * 1e6:6.1f} µs/call", flush=True)
     ping50 = _us(pings, 0.5)
     res: dict[str, Any] = {"profile": args.profile, "rounds": args.rounds, "count": args.count,
                            "python": sys.version.split()[0], "ping_p50_us": ping50,
@@ -506,6 +519,9 @@ def compare(args: argparse.Namespace, redis_url: str, tmp: str, receiver: Loopba
             f"concurrent_{args.concurrency}_p50_us": _us(conc[c], .5),
             f"concurrent_{args.concurrency}_p95_us": _us(conc[c], .95),
             "calls_per_s": round(statistics.median(rate[c]), 1), "stats": last_stats[c],
+            "loop_cpu_us_per_call": round(statistics.median(x[0] for x in cpu[c]) * 1e6, 1),
+            f"concurrent_{args.concurrency}_loop_cpu_us_per_call":
+                round(statistics.median(x[1] for x in cpu[c]) * 1e6, 1),
         }
     cf = res["configs"]
     bare, prod, off = cf["bare"], cf["production"], cf["production-nodelivery"]
@@ -531,7 +547,9 @@ def compare(args: argparse.Namespace, redis_url: str, tmp: str, receiver: Loopba
             print(f"  {c:<22} p50 {r['p50_us']:>7} µs ({r['p50_us'] / bare['p50_us']:5.1f}x bare, "
                   f"{r['p50_us'] / ping50:4.1f}x PING)  p95 {r['p95_us']:>7} µs  p99 {r['p99_us']:>7} µs  "
                   f"{r['calls_per_s']:>7.0f} calls/s at {args.concurrency} (p95 "
-                  f"{r[f'concurrent_{args.concurrency}_p95_us']} µs)  {r['stats']}")
+                  f"{r[f'concurrent_{args.concurrency}_p95_us']} µs)  loop CPU/call {r['loop_cpu_us_per_call']}"
+                  f"/{r[f'concurrent_{args.concurrency}_loop_cpu_us_per_call']} µs (sequential/concurrent)"
+                  f"  {r['stats']}")
         for t in res["targets"]:
             print(f"  [{'PASS' if t['pass'] else 'FAIL'}] {t['target']}: {t['value']} vs {t['limit']}")
     return res

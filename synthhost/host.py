@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import sqlalchemy as sa
 
+from synthhost import gil
 from synthhost.call import Call, Response, StreamDelta, new_id
 from synthhost.chain import Chains
 from synthhost.errors import StorageUnavailable, UnknownProvider
@@ -107,6 +108,7 @@ class Host:
         # Per-plugin hook durations (synthhost.hooktiming), set by whoever exports them
         # (``synthhost serve``'s /metrics) before the first call; None: hooks are not timed.
         self.hook_timings: HookTimings | None = None
+        self._froze_heap = False
         self.plugins = PluginSet()
         self.plugins.register_defaults()
         if load_entrypoints is None:
@@ -227,6 +229,9 @@ class Host:
             await self.chains.call_plain(impl, {"host": self})
         # After the plugins' startup: tables plugins define lazily are known by now.
         await anyio.to_thread.run_sync(self._replay_spool)
+        if self.settings.gc_freeze:
+            gil.freeze_heap()
+            self._froze_heap = True
 
     async def stop(self) -> None:
         if not self._started:
@@ -245,6 +250,9 @@ class Host:
                     with contextlib.suppress(Exception):
                         await aclose()
         await anyio.to_thread.run_sync(self._stop_threads, abandon_on_cancel=False)
+        if self._froze_heap:  # a process that goes on without this host collects as before
+            self._froze_heap = False
+            gil.unfreeze_heap()
 
     def _replay_spool(self) -> None:
         """Rows an earlier process could not write (database down at its exit). Rows of

@@ -38,6 +38,8 @@ class Settings:
     # STORAGE_UNAVAILABLE (the rows stay queued, and are spooled if the process exits).
     run_flush_timeout_s: float = 30.0
     spool_dir: Path = field(default_factory=lambda: home_dir() / "spool")
+    # gc.freeze() at the end of start-up (synthhost.gil.freeze_heap): on in serve/worker.
+    gc_freeze: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -57,4 +59,5 @@ class Settings:
             shutdown_timeout_s=float(env.get("SYNTHHOST_SHUTDOWN_TIMEOUT", "10")),
             run_flush_timeout_s=float(env.get("SYNTHHOST_RUN_FLUSH_TIMEOUT_S", "30")),
             spool_dir=Path(env.get("SYNTHHOST_SPOOL_DIR") or home_dir(env) / "spool"),
+            gc_freeze=env.get("SYNTHHOST_GC_FREEZE", "") not in ("", "0", "false"),
         )

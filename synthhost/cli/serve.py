@@ -60,7 +60,10 @@ def serve_command(bind_host: str, port: int, workers: int, log_level: str, no_ac
     from synthhost.settings import Settings
 
     settings = Settings.from_env(os.environ)
-    saved = {name: os.environ.get(name) for name in ("SYNTHHOST_AUTO_MIGRATE", "PROMETHEUS_MULTIPROC_DIR")}
+    saved = {name: os.environ.get(name) for name in ("SYNTHHOST_AUTO_MIGRATE", "PROMETHEUS_MULTIPROC_DIR",
+                                                     "SYNTHHOST_GC_FREEZE")}
+    # A serving process lives long: its start-up heap is kept out of the collector's scans.
+    os.environ.setdefault("SYNTHHOST_GC_FREEZE", "1")
     if settings.auto_migrate:
         # Once, here, rather than racing in every worker.
         host = Host(settings, load_entrypoints=True)

@@ -61,7 +61,8 @@ def worker_command(schedule_paths: tuple[Path, ...], workspace: str | None, unti
 
     async def main() -> SynthhostError | None:
         try:
-            async with open_host(env={**os.environ, "SYNTHHOST_DELIVERY": "inline"}) as host:  # this process delivers
+            env = {"SYNTHHOST_GC_FREEZE": "1", **os.environ, "SYNTHHOST_DELIVERY": "inline"}  # this process delivers
+            async with open_host(env=env) as host:
                 exporters = sorted(host._outbox.lanes) if host._outbox is not None else []
                 runner = None
                 if durable:  # its settings are checked before any thread starts

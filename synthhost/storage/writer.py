@@ -72,7 +72,10 @@ class BatchedWriter:
         self.stats: Counter[str] = stats if stats is not None else Counter()
         self.on_commit = on_commit
         self._queue: deque[tuple[int, _Item]] = deque()
-        self._cond = threading.Condition()
+        # submit_values takes the lock itself (a C-level context manager, not Condition's
+        # Python-level one: a call submits ten rows).
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._submitted = 0
         self._committed = 0
         self._closing = False
@@ -101,7 +104,7 @@ class BatchedWriter:
                 return
             if upsert_on is None:
                 upsert_on = _keep_first(table, values)
-        with self._cond:
+        with self._lock:
             if len(self._queue) >= self.max_pending:
                 self._wait_for_room()
             self._submitted += 1

@@ -19,13 +19,14 @@ prefix (``SYNTHHOST_RATELIMIT_PREFIX={rl}``).
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError, NoScriptError
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
 from synthhost_ratelimit.limits import MARKER_TTL_S, Decision, Held, ScopeCheck, refused, units
 
@@ -308,9 +309,18 @@ class _Wire:
     """Connections of our own (idle ones kept in a list: one event loop, no lock), at
     most ``size`` open at once: a caller beyond that waits for one to come back, up to
     ``wait_s``, then gets a ``ConnectionError`` (and the limiter fails open or closed as
-    configured). 500 concurrent calls use ``size`` connections, not 500."""
+    configured). 500 concurrent calls use ``size`` connections, not 500.
 
-    def __init__(self, client: aioredis.Redis, size: int = 16, wait_s: float = 1.0) -> None:
+    Auto-pipelining: a command sent while another is waiting for its reply joins a
+    batch instead; the batch leaves at the end of the event loop's turn (or at
+    ``pipeline`` commands) as one write on one connection, and its replies are read in
+    order. Concurrent calls then cost one ``send`` (a syscall that releases the GIL, a
+    turn a background thread can take) and one wake-up per batch, not per call. Each
+    EVALSHA stays atomic on its own, in the order the calls joined: the decisions are
+    the ones the same calls sent one by one in that order would get. A lone call (no
+    other in flight) is sent at once, as before."""
+
+    def __init__(self, client: aioredis.Redis, size: int = 16, wait_s: float = 1.0, pipeline: int = 128) -> None:
         self.pool = client.connection_pool
         self.client = client
         self.idle: list[Any] = []
@@ -319,6 +329,12 @@ class _Wire:
         self.wait_s = wait_s
         self.slots = asyncio.Semaphore(size)
         self.opened = 0  # connections made over the wire's life (for tests and stats)
+        self.pipeline = pipeline  # most commands in one batch; below 2: never batch
+        self.in_flight = 0  # commands sent (or about to be) whose reply is not read yet
+        self._batch: list[tuple[_Script, bytes, asyncio.Future[Any]]] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0  # batches sent, and the commands in them (for tests and stats)
+        self.batched = 0
 
     async def _get(self) -> tuple[Any, bool]:
         if self.idle:
@@ -338,6 +354,19 @@ class _Wire:
         """Send one EVALSHA; load the script if this server does not know it; retry
         once on a fresh connection when a pooled one turns out dead (Redis restarted).
         Every script is idempotent, so a retry after a lost reply is harmless."""
+        if self.in_flight and self.pipeline > 1:
+            return await self._join(script, payload)
+        self.in_flight += 1
+        try:
+            await self._slot()
+            try:
+                return await self._call(script, payload)
+            finally:
+                self.slots.release()
+        finally:
+            self.in_flight -= 1
+
+    async def _slot(self) -> None:
         try:
             if self.slots.locked():  # only then can it wait: wait_for costs a task
                 await asyncio.wait_for(self.slots.acquire(), self.wait_s)
@@ -346,10 +375,90 @@ class _Wire:
         except TimeoutError:
             raise ConnectionError(f"rate limiter: all {self.size} Redis connections busy for {self.wait_s:g}s "
                                   "(SYNTHHOST_RATELIMIT_REDIS_POOL)") from None
+
+    # -- auto-pipelining ------------------------------------------------------------------
+
+    async def _join(self, script: _Script, payload: bytes) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if self._batch is None:
+            self._batch = []
+            loop.call_soon(self._flush)  # after every call ready in this turn has joined
+        self._batch.append((script, payload, future))
+        self.in_flight += 1
+        if len(self._batch) >= self.pipeline:
+            self._flush()
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, None
+        if not batch:
+            return
+        task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_batch(self, batch: list[tuple[_Script, bytes, asyncio.Future[Any]]]) -> None:
         try:
-            return await self._call(script, payload)
+            try:
+                await self._slot()
+            except ConnectionError as exc:
+                _fail(batch, exc)
+                return
+            try:
+                await self._pipelined(batch)
+            finally:
+                self.slots.release()
+        except BaseException as exc:  # cancelled (loop closing) or a bug: no caller waits forever
+            _fail(batch, exc)
+            if not isinstance(exc, Exception):
+                raise
         finally:
-            self.slots.release()
+            self.in_flight -= len(batch)
+
+    async def _pipelined(self, batch: list[tuple[_Script, bytes, asyncio.Future[Any]]]) -> None:
+        """One write, then the replies in order. Commands that met NOSCRIPT, or were
+        left without a reply by a connection that broke, are sent again one by one on
+        the usual path (which loads the script, or retries on a fresh connection)."""
+        batch = [entry for entry in batch if not entry[2].done()]  # callers cancelled before it left
+        if not batch:
+            return
+        again: list[tuple[_Script, bytes, asyncio.Future[Any]]] = []
+        conn, fresh = await self._get()
+        self.batches += 1
+        self.batched += len(batch)
+        read = 0
+        try:
+            await self._send(conn, b"".join(payload for _, payload, _ in batch))
+            for entry in batch:
+                try:
+                    reply = await conn.read_response()
+                except NoScriptError:
+                    again.append(entry)
+                except ResponseError as exc:  # the script refused (an error reply): this caller's answer
+                    _settle(entry[2], exc=exc)
+                else:
+                    _settle(entry[2], reply)
+                read += 1
+        except ConnectionError as exc:
+            await conn.disconnect(nowait=True)
+            await self._drop_idle()
+            if fresh:
+                _fail(again + batch[read:], exc)
+                return
+            again += batch[read:]
+        except BaseException:  # timeout, cancellation: replies may still be in flight
+            await conn.disconnect(nowait=True)
+            raise
+        else:
+            await self._put(conn)
+        for script, payload, future in again:
+            if future.done():
+                continue
+            try:
+                _settle(future, await self._call(script, payload))
+            except Exception as exc:
+                _settle(future, exc=exc)
 
     async def _call(self, script: _Script, payload: bytes) -> Any:
         for attempt in (1, 2):
@@ -395,7 +504,29 @@ class _Wire:
 
     async def aclose(self) -> None:
         self.closed = True
+        for task in list(self._tasks):  # batches still waiting for replies
+            task.cancel()
         await self._drop_idle()
+
+
+def _settle(future: asyncio.Future[Any], reply: Any = None, *, exc: BaseException | None = None) -> None:
+    if future.done():  # its caller was cancelled
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(reply)
+
+
+def _fail(batch: Sequence[tuple[Any, Any, asyncio.Future[Any]]], exc: BaseException) -> None:
+    """Every caller of ``batch`` still waiting gets ``exc`` (its own copy); a batch cut
+    short by the limiter closing answers as an unreachable Redis would, not with a
+    cancellation its callers did not ask for."""
+    if not isinstance(exc, Exception):
+        exc = ConnectionError("rate limiter: closed while the decision was in flight")
+    for _, _, future in batch:
+        if not future.done():
+            future.set_exception(copy.copy(exc))
 
 
 def _on_asyncio() -> bool:
@@ -488,12 +619,13 @@ class RedisLimiter:
 
     def __init__(self, client: aioredis.Redis, prefix: str = "synthhost:rl",
                  clock: Callable[[], int] | None = None, *, url: str | None = None,
-                 timeout_s: float = 0.25, pool_size: int = 16, marker_ttl_s: float = MARKER_TTL_S) -> None:
+                 timeout_s: float = 0.25, pool_size: int = 16, marker_ttl_s: float = MARKER_TTL_S,
+                 pipeline: int = 128) -> None:
         self.client = client
         self.prefix = prefix
         self._clock = clock
         self._pool_size = pool_size
-        self._wire = _Wire(client, pool_size, wait_s=max(1.0, 4 * timeout_s))
+        self._wire = _Wire(client, pool_size, wait_s=max(1.0, 4 * timeout_s), pipeline=pipeline)
         self._url, self._timeout_s = url, timeout_s
         self._sync_wire: _SyncWire | None = None
         self._marker_ttl = _bulk(b"%d" % round(marker_ttl_s * 1_000_000))
@@ -625,7 +757,7 @@ class RedisLimiter:
 
 def connect(url: str, *, timeout_s: float = 0.25, prefix: str = "synthhost:rl",
             clock: Callable[[], int] | None = None, pool_size: int = 16,
-            marker_ttl_s: float = MARKER_TTL_S) -> RedisLimiter:
+            marker_ttl_s: float = MARKER_TTL_S, pipeline: int = 128) -> RedisLimiter:
     """A limiter on ``url`` with short timeouts (a slow Redis must not stall calls) and
     one immediate retry (a pooled connection that died with a Redis restart)."""
     from redis.asyncio.retry import Retry
@@ -639,4 +771,4 @@ def connect(url: str, *, timeout_s: float = 0.25, prefix: str = "synthhost:rl",
         health_check_interval=0,
     )
     return RedisLimiter(client, prefix=prefix, clock=clock, url=url, timeout_s=timeout_s, pool_size=pool_size,
-                        marker_ttl_s=marker_ttl_s)
+                        marker_ttl_s=marker_ttl_s, pipeline=pipeline)
