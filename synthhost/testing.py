@@ -7,6 +7,8 @@
   message, on a developer's machine.
 - ``redis_url``: the same rule for Redis (``SYNTHHOST_TEST_REDIS``, default
   ``redis://127.0.0.1:6379/0``).
+- ``redis_prefix``: a fresh key prefix on that Redis (``test:<12 hex>``); every key
+  under it is deleted at teardown, so tests sharing one server stay apart.
 - No ``anyio_backend`` fixture: a user's own (or anyio's default, asyncio) applies.
 - ``make_host(*plugins, env=None, **settings)``: an un-started :class:`Host` on
   ``db_url`` with the default plugins plus ``plugins`` (no entry-point scan). Use
@@ -71,6 +73,19 @@ def redis_url() -> str:
     except Exception as exc:
         _unavailable("Redis", exc)
     return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    import redis
+
+    prefix = f"test:{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 @pytest.fixture

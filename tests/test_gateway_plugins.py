@@ -5,14 +5,11 @@ over HTTP by admin keys (its ``register_routes``)."""
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import redis
 import sqlalchemy as sa
 
 import synthhost_ratelimit
@@ -22,14 +19,8 @@ from tests.gateway_server import serving
 
 
 @pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    name = f"gwtest:{uuid.uuid4().hex[:12]}"
-    yield name
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{name}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+def prefix(redis_prefix: str) -> str:
+    return redis_prefix
 
 
 def test_the_rate_limiter_answers_429_with_retry_after(make_host: Any, redis_url: str, prefix: str) -> None:

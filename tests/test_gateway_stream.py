@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +18,6 @@ import anyio
 import httpx
 import openai
 import pytest
-import redis
 import sqlalchemy as sa
 
 import synthhost_cost
@@ -332,14 +330,8 @@ def test_a_crashing_holds_stream_holds_and_is_a_plugin_error(make_host: Any, gat
 
 
 @pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    name = f"gwstream:{uuid.uuid4().hex[:12]}"
-    yield name
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{name}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+def prefix(redis_prefix: str) -> str:
+    return redis_prefix
 
 
 def test_rate_limited_and_policy_denied_streams_are_429_and_403(make_host: Any, redis_url: str, prefix: str,

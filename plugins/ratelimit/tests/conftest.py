@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,14 +42,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def rl_prefix(redis_url: str) -> Iterator[str]:
-    prefix = f"rltest:{uuid.uuid4().hex[:12]}"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+def rl_prefix(redis_prefix: str) -> str:
+    return redis_prefix
 
 
 @pytest.fixture
